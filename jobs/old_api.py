@@ -1,0 +1,14 @@
+"""Method ``old_api``: the pre-update code, where a dataset has it (the floor a migration must beat)."""
+
+from __future__ import annotations
+
+from data.records import TaskRecord
+from jobs.registry import MethodContext, MethodOptions, MethodOutput
+
+
+class Options(MethodOptions):
+    pass
+
+
+def predict(records: list[TaskRecord], options: Options, context: MethodContext) -> MethodOutput:
+    return MethodOutput(codes=[r.old_code for r in records])

@@ -1,0 +1,47 @@
+"""Method kinds. Adding one is a new module in ``jobs/`` plus one line in :data:`METHODS`.
+
+A method module defines ``Options`` (a :class:`MethodOptions` subclass: the
+spec fields the kind accepts besides ``name`` and ``kind``) and
+``predict(records, options, context) -> MethodOutput``. Modules are imported
+lazily so a spec that uses no trainer never imports one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+METHODS: dict[str, str] = {
+    "reference": "jobs.reference",
+    "old_api": "jobs.old_api",
+}
+
+
+class MethodOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    model: dict[str, Any]  # the spec's model section
+    work_dir: Path  # this job's scratch directory inside the run
+    seed: int = 0
+    use_gpu: bool = False
+
+
+@dataclass
+class MethodOutput:
+    codes: list[str | None]  # one per record; None = the method has no answer for it
+    train_time_s: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # method-specific extras
+
+
+def method_module(kind: str) -> ModuleType:
+    if kind not in METHODS:
+        raise KeyError(f"unknown method kind '{kind}' (known: {', '.join(sorted(METHODS))})")
+    return importlib.import_module(METHODS[kind])

@@ -1,0 +1,1 @@
+"""The apimig orchestrator: CLI, experiment specs, planning, the Ray driver and reports."""

@@ -1,0 +1,164 @@
+"""Experiment specs: a plain YAML file validated into typed objects.
+
+Every problem with a spec surfaces as one :class:`SpecError` line naming the
+field (``methods[1].kind: unknown method kind 'x' ...``) before any work
+starts. Method kinds bring their own option models (see ``jobs.registry``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+
+from data.registry import DATASETS, resolve_path
+from jobs.registry import METHODS, method_module
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # names become file names: keep them plain
+
+
+class SpecError(ValueError):
+    """A spec is invalid; ``str()`` is the one line shown to the user."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    name: str = Field("tiny", min_length=1)  # "tiny" (built locally), a hub id or a local path
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class DatasetSpec(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)  # its key in every result
+    kind: str | None = None  # defaults to the name
+    path: str | None = None
+    limit: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "DatasetSpec":
+        if self.kind is None:
+            self.kind = self.name
+        if self.kind not in DATASETS:
+            raise ValueError(f"kind: unknown dataset kind '{self.kind}' (known: {', '.join(sorted(DATASETS))})")
+        if DATASETS[self.kind].requires_path and self.path is None:
+            raise ValueError(f"path: dataset kind '{self.kind}' needs a path")
+        path = self.resolved_path
+        if path is not None and not path.exists():
+            hint = "" if self.path else " (set APIMIG_DATA_DIR or give path)"
+            raise ValueError(f"path: file not found: {path}{hint}")
+        return self
+
+    @property
+    def resolved_path(self) -> Path | None:
+        return resolve_path(self.kind or self.name, self.path)
+
+
+class MethodSpec(BaseModel):
+    """``name`` and ``kind``; every other key is an option of that kind."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=NAME_PATTERN)
+    kind: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_options(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "options" not in data:
+            data = dict(data)
+            data["options"] = {k: data.pop(k) for k in list(data) if k not in ("name", "kind")}
+        return data
+
+    @model_validator(mode="after")
+    def _check_options(self) -> "MethodSpec":
+        if self.kind not in METHODS:
+            raise ValueError(f"kind: unknown method kind '{self.kind}' (known: {', '.join(sorted(METHODS))})")
+        try:
+            self.options = method_module(self.kind).Options.model_validate(self.options).model_dump(mode="json")
+        except ValidationError as exc:
+            raise ValueError(_first_error(exc)) from None
+        return self
+
+
+class EvalSpec(_Strict):
+    timeout_s: PositiveFloat = 10.0
+    with_update: bool = True
+
+
+class ResourcesSpec(_Strict):
+    num_workers: PositiveInt = 2  # jobs (or Ray Train workers) at once
+    use_gpu: bool = False
+    num_cpus: PositiveInt | None = None  # for the local Ray instance; None = all
+
+
+class ExperimentSpec(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    datasets: list[DatasetSpec] = Field(min_length=1)
+    methods: list[MethodSpec] = Field(min_length=1)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "ExperimentSpec":
+        for section in ("datasets", "methods"):
+            seen: set[str] = set()
+            for i, item in enumerate(getattr(self, section)):
+                if item.name in seen:
+                    raise ValueError(f"{section}[{i}].name: duplicate name '{item.name}'")
+                seen.add(item.name)
+        return self
+
+
+_FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.*)$", re.S)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ""
+    for part in err["loc"]:
+        loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
+    msg = {"extra_forbidden": "unknown field", "missing": "required field is missing"}.get(err["type"], err["msg"])
+    msg = msg.removeprefix("Value error, ")
+    inner = _FIELD_PREFIX.match(msg)  # our validators say "field: problem"; fold the field into loc
+    if inner and loc:
+        return f"{loc}.{inner.group(1)}: {inner.group(2)}"
+    return f"{loc}: {msg}" if loc else msg
+
+
+def parse_spec(data: Any, source: str = "spec") -> ExperimentSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return ExperimentSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(f"{source}: {_first_error(exc)}") from None
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: spec file not found") from None
+    except (IsADirectoryError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read spec ({type(exc).__name__})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise SpecError(f"{path}: invalid YAML{where}: {problem}") from None
+    return parse_spec(data, str(path))
+
+
+def dump_spec(spec: ExperimentSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
