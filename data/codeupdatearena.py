@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import re
+import warnings
 from pathlib import Path
 
 from data.io import DataFormatError, read_jsonl, require
@@ -53,7 +54,10 @@ def split_unit_tests(source: str) -> list[str]:
     snippet; each snippet ends by calling its test.
     """
     try:
-        tree = ast.parse(source)
+        with warnings.catch_warnings():  # benchmark code has e.g. invalid escape sequences
+            warnings.simplefilter("ignore", SyntaxWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            tree = ast.parse(source)
     except SyntaxError:
         names = re.findall(r"^def (test_\w+)\s*\(", source, re.M)
         return [source.rstrip() + "\n" + "\n".join(f"{n}()" for n in names)] if names else [source]

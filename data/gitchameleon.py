@@ -15,12 +15,15 @@ from data.records import Environment, TaskRecord, UpdateInfo
 _FIELDS = ("example_id", "library", "version", "problem", "starting_code", "test")
 
 
-def solutions_path(dataset_path: Path) -> Path:
+def solutions_path(dataset_path: Path) -> Path | None:
+    """``dataset.dev.jsonl`` -> ``solutions.dev.jsonl``; None when the name has no ``dataset`` part."""
+    if "dataset" not in dataset_path.name:
+        return None
     return dataset_path.with_name(dataset_path.name.replace("dataset", "solutions", 1))
 
 
-def _load_answers(path: Path) -> dict[str, str]:
-    if not path.exists():
+def _load_answers(path: Path | None) -> dict[str, str]:
+    if path is None or not path.exists():
         return {}
     answers = {}
     for lineno, obj in read_jsonl(path):

@@ -5,13 +5,22 @@ from __future__ import annotations
 import ast
 import io
 import tokenize
+import warnings
 
 from rapidfuzz.distance import Levenshtein
 
 
+def parse(code: str) -> ast.Module:
+    """``ast.parse`` without the warnings generated code often triggers (invalid escapes)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return ast.parse(code)
+
+
 def syntax_ok(code: str) -> bool:
     try:
-        ast.parse(code)
+        parse(code)
     except (SyntaxError, ValueError):
         return False
     return True
@@ -30,7 +39,7 @@ def strip_comments(code: str) -> str:
 def exact_match(candidate: str, reference: str) -> bool:
     """Same program up to formatting and comments (AST equality), else same stripped text."""
     try:
-        return ast.dump(ast.parse(candidate)) == ast.dump(ast.parse(reference))
+        return ast.dump(parse(candidate)) == ast.dump(parse(reference))
     except (SyntaxError, ValueError):
         return strip_comments(candidate) == strip_comments(reference)
 

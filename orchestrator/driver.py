@@ -25,6 +25,7 @@ from orchestrator.spec import ExperimentSpec, dump_spec, load_spec
 
 DEFAULT_ARTIFACTS = "artifacts"
 ARTIFACTS_ENV = "APIMIG_ARTIFACTS"
+STATUS_EVERY_S = 15.0
 
 
 class DataError(RuntimeError):
@@ -99,6 +100,8 @@ def run_experiment(
     eval_task = ray.remote(num_cpus=1, max_retries=0)(_eval_task)
     queue = list(todo)
     running: dict = {}  # ObjectRef -> job id
+    started_at: dict[str, float] = {}
+    last_status = time.monotonic()
     try:
         while queue or running:
             while queue and len(running) < spec.resources.num_workers:
@@ -108,6 +111,7 @@ def run_experiment(
                     request, record_refs[job.dataset.name]
                 )
                 running[ref] = job.id
+                started_at[job.id] = time.monotonic()
                 manifest.update(job.id, "running")
                 echo(f"[{finished}/{total}] started  {job.method.name} x {job.dataset.name}")
             ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
@@ -115,6 +119,10 @@ def run_experiment(
                 jid = running.pop(ref)
                 finished += 1
                 _finish(ref, jobs[jid], run_dir, manifest, echo, f"[{finished}/{total}]")
+            if running and time.monotonic() - last_status >= STATUS_EVERY_S:
+                last_status = time.monotonic()
+                busy = ", ".join(f"{jid} {last_status - started_at[jid]:.0f}s" for jid in running.values())
+                echo(f"[{finished}/{total}] running: {busy}")
     except KeyboardInterrupt:
         for ref, jid in running.items():
             ray.cancel(ref, force=True)

@@ -1,0 +1,20 @@
+from jobs.metrics import edit_similarity, exact_match, strip_comments, syntax_ok
+
+
+def test_syntax_ok():
+    assert syntax_ok("x = 1\n") and not syntax_ok("def f(:\n")
+
+
+def test_exact_match_ignores_formatting_and_comments():
+    assert exact_match("x=[1,2]  # c\n", "x = [1, 2]\n")
+    assert not exact_match("x = [1, 2]\n", "x = [2, 1]\n")
+
+
+def test_edit_similarity_bounds():
+    assert edit_similarity("a = 1", "a = 1  # same") == 1.0
+    assert edit_similarity("abcd", "wxyz") == 0.0
+    assert 0.0 < edit_similarity("df.append(x)", "pd.concat([df, x])") < 1.0
+
+
+def test_strip_comments_drops_blank_lines():
+    assert strip_comments("# head\n\nx = 1  # tail\n\n") == "x = 1"
