@@ -1,30 +1,38 @@
 """The eval job: a method predicts code for a dataset's records, and each prediction is executed.
 
-Entry point: :func:`run_eval_job`. Metrics are fractions over the records the
-method answered (``n``): ``syntax_ok``, ``exec_ok`` (the code part ran),
-``pass@1`` (every test of the record passed), ``exact_match`` and ``edit_sim``
-against the reference.
+Entry point: :func:`run_eval_job`. A method may return one code per record or
+several samples. Metrics are fractions over the records the method answered
+(``n``), each record weighing the same (its samples averaged):
+
+- ``syntax_ok``: the code parses; ``exec_ok``: its code part (imports,
+  definitions) ran; ``pass@1``: every test of the record passed;
+- ``pass@k`` (k > 1, where a record has at least k samples): the unbiased
+  estimator 1 - C(n-c, k) / C(n, k) of Chen et al. (2021), n samples, c correct;
+- ``exact_match`` / ``edit_sim`` against the reference;
+- ``api_ok``: the code calls the update's new API and not the deprecated one
+  (only where that can be decided statically, see ``jobs.api_check``).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from math import comb
+from typing import Any, Callable, Sequence
 
 from data.records import TaskRecord
 from jobs import metrics
-from jobs.executor import Executor, Program, SubprocessExecutor
+from jobs.executor import ExecResult, Executor, Program
 from jobs.registry import MethodContext, method_module
 
-METRICS = ("syntax_ok", "exec_ok", "pass@1", "exact_match", "edit_sim")
+METRICS = ("syntax_ok", "exec_ok", "pass@1", "exact_match", "edit_sim", "api_ok")
 
 
 @dataclass(frozen=True)
 class EvalSettings:
     timeout_s: float = 10.0
     with_update: bool = True  # CodeUpdateArena: install the simulated update before the solution
-    parallelism: int = 1
+    k: tuple[int, ...] = (1,)  # pass@k values to report where enough samples exist
 
 
 @dataclass(frozen=True)
@@ -45,63 +53,111 @@ class JobResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k for n samples of which c are correct (needs n >= k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def _samples(code: str | Sequence[str] | None) -> list[str]:
+    if code is None:
+        return []
+    return [code] if isinstance(code, str) else list(code)
+
+
+def _mean(values: list) -> float | None:
+    known = [float(v) for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
 def evaluate(
-    records: list[TaskRecord], codes: list[str | None], executor: Executor, settings: EvalSettings
+    records: list[TaskRecord],
+    codes: list[str | Sequence[str] | None],
+    executor: Executor,
+    settings: EvalSettings,
+    progress: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Execute every (record, test) program in one batch and fold the results per record."""
+    """Execute every (record, sample, test) program in one batch and fold the verdicts per record."""
+    from jobs.api_check import check_api
+
     batch: list[Program] = []
-    owners: list[int] = []
+    owners: list[tuple[int, int]] = []
     for i, (rec, code) in enumerate(zip(records, codes)):
-        if code is None:
-            continue
-        prefix = rec.code_for(code, with_update=settings.with_update)
-        for test in rec.tests:
-            batch.append(Program(prefix, test))
-            owners.append(i)
-    results = executor.run(batch, settings.timeout_s) if batch else []
-    per_record: dict[int, list] = {}
-    for i, res in zip(owners, results):
-        per_record.setdefault(i, []).append(res)
+        for s, sample in enumerate(_samples(code)):
+            prefix = rec.code_for(sample, with_update=settings.with_update)
+            for test in rec.tests:
+                batch.append(Program(prefix, test))
+                owners.append((i, s))
+    kwargs = {"progress": progress} if progress else {}
+    results = executor.run(batch, settings.timeout_s, **kwargs) if batch else []
+    runs: dict[tuple[int, int], list[ExecResult]] = {}
+    for owner, res in zip(owners, results):
+        runs.setdefault(owner, []).append(res)
 
     rows = []
     for i, (rec, code) in enumerate(zip(records, codes)):
-        row: dict[str, Any] = {"id": rec.id, "code": code}
-        if code is not None:
-            runs = per_record.get(i, [])
-            passed = sum(r.passed for r in runs)
-            first_failure = next((r for r in runs if not r.passed), None)
+        samples = _samples(code)
+        row: dict[str, Any] = {"id": rec.id, "code": samples[0] if samples else None}
+        if samples:
+            per = [_sample_verdict(rec, sample, runs.get((i, s), []), check_api) for s, sample in enumerate(samples)]
+            passed = [p["passed"] for p in per]
+            known = [p for p in passed if p is not None]
+            first_failure = next((p["failure"] for p in per if p["failure"]), None)
             row.update(
-                syntax_ok=metrics.syntax_ok(code),
-                exec_ok=any(r.code_ok for r in runs) if runs else None,
-                passed=(passed == len(runs)) if runs else None,
-                tests_passed=passed,
-                tests_total=len(runs),
-                exact_match=metrics.exact_match(code, rec.reference) if rec.reference is not None else None,
-                edit_sim=metrics.edit_similarity(code, rec.reference) if rec.reference is not None else None,
-                failure=_describe(first_failure) if first_failure else None,
+                samples=len(samples),
+                samples_passed=sum(known) if known else None,
+                tests_passed=per[0]["tests_passed"],
+                tests_total=per[0]["tests_total"],
+                passed=(sum(known) / len(known)) if known else None,  # fraction of samples passing
+                **{key: _mean([p[key] for p in per]) for key in ("syntax_ok", "exec_ok", "exact_match", "edit_sim",
+                                                                   "api_ok")},
+                failure=first_failure,
             )
         rows.append(row)
     return rows
 
 
-def _describe(result) -> str:
+def _sample_verdict(rec: TaskRecord, sample: str, runs: list[ExecResult], check_api) -> dict[str, Any]:
+    failing = next((r for r in runs if not r.passed), None)
+    return {
+        "syntax_ok": metrics.syntax_ok(sample),
+        "exec_ok": any(r.code_ok for r in runs) if runs else None,
+        "passed": all(r.passed for r in runs) if runs else None,
+        "tests_passed": sum(r.passed for r in runs),
+        "tests_total": len(runs),
+        "exact_match": metrics.exact_match(sample, rec.reference) if rec.reference is not None else None,
+        "edit_sim": metrics.edit_similarity(sample, rec.reference) if rec.reference is not None else None,
+        "api_ok": check_api(sample, rec.update.new_api, rec.update.old_api).ok,
+        "failure": _describe(failing) if failing else None,
+    }
+
+
+def _describe(result: ExecResult) -> str:
     if result.status == "timeout":
         return "timeout"
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else f"exit code {result.returncode}"
+    detail = lines[-1][:300] if lines else f"exit code {result.returncode}"
+    return f"{detail} ({result.note})" if result.note else detail
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, float | int | None]:
+def summarize(rows: list[dict[str, Any]], k: Sequence[int] = (1,)) -> dict[str, float | int | None]:
     answered = [r for r in rows if r.get("code") is not None]
     out: dict[str, float | int | None] = {"n": len(answered)}
     for name in METRICS:
-        key = "passed" if name == "pass@1" else name
-        values = [float(r[key]) for r in answered if r.get(key) is not None]
-        out[name] = sum(values) / len(values) if values else None
+        out[name] = _mean([r.get("passed" if name == "pass@1" else name) for r in answered])
+    for kk in sorted(set(k) - {1}):
+        eligible = [r for r in answered if r.get("samples_passed") is not None and r["samples"] >= kk]
+        out[f"pass@{kk}"] = _mean([pass_at_k(r["samples"], r["samples_passed"], kk) for r in eligible])
     return out
 
 
-def run_eval_job(request: JobRequest, records: list[TaskRecord], executor: Executor | None = None) -> JobResult:
+def run_eval_job(
+    request: JobRequest,
+    records: list[TaskRecord],
+    executor: Executor,
+    progress: Callable[[int], None] | None = None,
+) -> JobResult:
     module = method_module(request.kind)
     options = module.Options.model_validate(request.options)
     t0 = time.monotonic()
@@ -111,10 +167,9 @@ def run_eval_job(request: JobRequest, records: list[TaskRecord], executor: Execu
         raise RuntimeError(
             f"method '{request.method}' returned {len(output.codes)} predictions for {len(records)} records"
         )
-    executor = executor or SubprocessExecutor(request.eval.parallelism)
-    rows = evaluate(records, output.codes, executor, request.eval)
+    rows = evaluate(records, output.codes, executor, request.eval, progress)
     t2 = time.monotonic()
-    summary = summarize(rows)
+    summary = summarize(rows, request.eval.k)
     if output.train_time_s is not None:
         summary["train_time_s"] = output.train_time_s
     summary.update(output.metrics)

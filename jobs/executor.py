@@ -41,6 +41,7 @@ class ExecResult:
     duration_s: float
     stdout: str = ""
     stderr: str = ""
+    note: str = ""  # why, when the executor itself ended the program (signal, truncated output)
 
     @property
     def passed(self) -> bool:

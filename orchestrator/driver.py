@@ -18,7 +18,9 @@ from typing import Callable
 from data.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from data.registry import load_dataset
 from jobs.evaluate import EvalSettings, JobRequest, JobResult, run_eval_job
+from jobs.pool import SandboxPool
 from jobs.registry import MethodContext
+from jobs.sandbox import Limits
 from orchestrator.manifest import Manifest
 from orchestrator.plan import PlannedJob, plan_jobs
 from orchestrator.spec import ExperimentSpec, dump_spec, load_spec
@@ -96,6 +98,9 @@ def run_experiment(
         return manifest
 
     start_ray(spec, address)
+    pool = SandboxPool.start(
+        size=spec.eval.pool_size, preload=spec.eval.preload, limits=Limits(memory_mb=spec.eval.memory_mb)
+    )
     record_refs = {name: ray.put(recs) for name, recs in records.items()}
     eval_task = ray.remote(num_cpus=1, max_retries=0)(_eval_task)
     queue = list(todo)
@@ -108,7 +113,7 @@ def run_experiment(
                 job = jobs[queue.pop(0)]
                 request = _request(spec, job, run_dir)
                 ref = eval_task.options(name=f"eval {job.method.name} x {job.dataset.name}").remote(
-                    request, record_refs[job.dataset.name]
+                    request, record_refs[job.dataset.name], pool
                 )
                 running[ref] = job.id
                 started_at[job.id] = time.monotonic()
@@ -122,7 +127,8 @@ def run_experiment(
             if running and time.monotonic() - last_status >= STATUS_EVERY_S:
                 last_status = time.monotonic()
                 busy = ", ".join(f"{jid} {last_status - started_at[jid]:.0f}s" for jid in running.values())
-                echo(f"[{finished}/{total}] running: {busy}")
+                done = sum(s["done"] for s in pool.stats())
+                echo(f"[{finished}/{total}] running: {busy}; programs executed: {done}")
     except KeyboardInterrupt:
         for ref, jid in running.items():
             ray.cancel(ref, force=True)
@@ -131,8 +137,8 @@ def run_experiment(
     return manifest
 
 
-def _eval_task(request: JobRequest, records: list) -> JobResult:
-    return run_eval_job(request, records)
+def _eval_task(request: JobRequest, records: list, pool: SandboxPool) -> JobResult:
+    return run_eval_job(request, records, pool)
 
 
 def _request(spec: ExperimentSpec, job: PlannedJob, run_dir: Path) -> JobRequest:
@@ -142,7 +148,7 @@ def _request(spec: ExperimentSpec, job: PlannedJob, run_dir: Path) -> JobRequest
         kind=job.method.kind,
         options=job.method.options,
         dataset=job.dataset.name,
-        eval=EvalSettings(timeout_s=spec.eval.timeout_s, with_update=spec.eval.with_update),
+        eval=EvalSettings(timeout_s=spec.eval.timeout_s, with_update=spec.eval.with_update, k=tuple(spec.eval.k)),
         context=MethodContext(
             model=spec.model.model_dump(), work_dir=run_dir / "work" / job.id, seed=spec.seed,
             use_gpu=spec.resources.use_gpu,

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, V
 
 from data.registry import DATASETS, resolve_path
 from jobs.registry import METHODS, method_module
+from jobs.sandbox import DEFAULT_PRELOAD
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # names become file names: keep them plain
 
@@ -87,8 +88,12 @@ class MethodSpec(BaseModel):
 
 
 class EvalSpec(_Strict):
-    timeout_s: PositiveFloat = 10.0
-    with_update: bool = True
+    timeout_s: PositiveFloat = 10.0  # wall clock per program
+    with_update: bool = True  # CodeUpdateArena: install the simulated update
+    k: list[PositiveInt] = Field(default_factory=lambda: [1])  # pass@k reported where samples allow
+    memory_mb: PositiveInt = 4096  # per program, on top of the preloaded sandbox
+    preload: list[str] = Field(default_factory=lambda: list(DEFAULT_PRELOAD))  # imported once per sandbox
+    pool_size: PositiveInt | None = None  # sandbox actors; None = one per cluster CPU
 
 
 class ResourcesSpec(_Strict):

@@ -7,7 +7,8 @@ import collections
 import pytest
 
 from data.migrations import load_migrations
-from jobs.executor import Program, SubprocessExecutor
+from jobs.executor import Program
+from jobs.sandbox import SandboxExecutor
 
 RECORDS = load_migrations()
 
@@ -25,7 +26,8 @@ def test_set_size_and_spread():
 @pytest.fixture(scope="module")
 def verdicts():
     programs = [Program(r.code_for(code), r.tests[0]) for r in RECORDS for code in (r.reference, r.old_code)]
-    results = SubprocessExecutor(parallelism=2).run(programs, timeout_s=60)
+    with SandboxExecutor(parallelism=2) as sandbox:  # the executor the product evaluates with
+        results = sandbox.run(programs, timeout_s=60)
     return {r.id: (results[2 * i], results[2 * i + 1]) for i, r in enumerate(RECORDS)}
 
 

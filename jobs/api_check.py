@@ -1,0 +1,268 @@
+"""The ``api_ok`` metric: does code call an update's NEW API, and is the deprecated OLD API gone?
+
+Grammar of an API string (as in our data files)::
+
+    api       := path [ "(" [qualifier] ")" ]
+    path      := NAME ("." NAME)*        pandas.concat, pandas.DataFrame.append, float
+    qualifier := NAME                    keyword passed:       numpy.percentile(interpolation)
+               | NAME "=" literal        keyword == literal:   sklearn.cluster.KMeans(algorithm='full')
+               | literal                 first positional arg: matplotlib.style.use('seaborn-darkgrid')
+
+Matching is static. libcst's QualifiedNameProvider resolves aliases, from-imports and ``import a.b``;
+a name the code never binds is taken at face value (imports often live in a separate prelude).
+
+* path: a reference or from-import whose qualified name is the path; a one-segment path must be
+  a builtin. The module part is the longest importable prefix, found on ``sys.path`` without
+  importing (so it follows the installed packages). Where two or more segments follow it
+  (``numpy.ndarray.tobytes``, ``pandas.Series.dt.weekofyear``) the first is a class whose
+  instances can't be typed statically, so ``<expr>.tobytes`` counts too (``lst.append`` counts
+  as ``DataFrame.append``: a deliberate over-count), unless ``<expr>`` is the module itself
+  (``pd.value_counts`` is no ``Series.value_counts``). If the package is not importable, a
+  CamelCase segment followed by a lowercase/underscore member marks the class, and the path may
+  be the tail of a qualified name (``stats.combine_pvalues``).
+* A qualifier needs a call of the path. A positional literal only needs a call into the same
+  top-level package: re-exports (``plt.style.context``) hide the callee; the value is distinctive.
+* Not interpretable (None): anything outside the grammar (``async def``), a non-builtin single
+  name, a bare qualifier naming an argument type (``random.sample(set)``).
+
+:func:`check_api` leaves ``uses_old`` unknown when old == new (only behaviour changed), and
+``uses_new`` unknown when the new API owns the old member (``Element.getchildren`` -> ``Element``:
+using the object itself is invisible statically).
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import functools
+import importlib.util
+from dataclasses import dataclass
+from importlib.machinery import PathFinder
+
+import libcst as cst
+from libcst.metadata import MetadataWrapper, QualifiedNameProvider, ScopeProvider
+
+_NO = object()  # "no literal given"; a real literal may be None
+_BAD = object()  # not a literal
+# Bare qualifiers that describe an argument's type rather than name a keyword.
+_TYPE_WORDS = frozenset(
+    "bool int float complex str bytes bytearray list tuple set frozenset dict "
+    "sequence mapping iterable iterator collection".split()
+)
+
+
+@dataclass(frozen=True)
+class ApiUsage:
+    uses_new: bool | None  # None: no new API given or the pattern could not be interpreted
+    uses_old: bool | None  # None: no old API given, not interpretable, or old == new
+
+    @property
+    def ok(self) -> bool | None:
+        """New API not missing and old API not present; None when neither side is known."""
+        if self.uses_new is None and self.uses_old is None:
+            return None
+        return self.uses_new is not False and self.uses_old is not True
+
+
+@dataclass(frozen=True)
+class _Pattern:
+    path: str  # dotted qualified name; "builtins.X" for a builtin
+    module: str  # module part; a heuristic base resolving to it (or a prefix) is the module itself
+    member: tuple[str, ...] = ()  # for Class.member paths: the attribute chain matched on any object
+    tail: bool = False  # package not importable: path may end a longer qualified name
+    keyword: str | None = None
+    value: object = _NO
+    positional: bool = False
+
+
+def _dotted(node: cst.BaseExpression) -> list[str] | None:
+    if isinstance(node, cst.Name):
+        return [node.value]
+    if isinstance(node, cst.Attribute):
+        head = _dotted(node.value)
+        return head + [node.attr.value] if head else None
+    return None
+
+
+def _root(node: cst.BaseExpression) -> cst.BaseExpression:
+    while isinstance(node, cst.Attribute):
+        node = node.value
+    return node
+
+
+def _literal(node: cst.CSTNode) -> object:
+    try:
+        return ast.literal_eval(cst.Module([]).code_for_node(node))
+    except (ValueError, TypeError, SyntaxError, RecursionError):
+        return _BAD
+
+
+def _same(a: object, b: object) -> bool:
+    return a is not _BAD and type(a) is type(b) and a == b  # type check: True must not equal 1
+
+
+@functools.lru_cache(maxsize=4096)
+def _module_len(parts: tuple[str, ...]) -> int | None:
+    """How many leading segments name an importable module; None if the top level isn't one."""
+    try:
+        spec = importlib.util.find_spec(parts[0])  # a top-level lookup imports nothing
+        n = 0 if spec is None else 1
+        while 0 < n < len(parts) and spec.submodule_search_locations:
+            # PathFinder only looks at files, so submodules are not imported either
+            spec = PathFinder.find_spec(".".join(parts[: n + 1]), list(spec.submodule_search_locations))
+            if spec is None:
+                break
+            n += 1
+    except (ImportError, ValueError):
+        return None
+    return n or None
+
+
+@functools.lru_cache(maxsize=4096)
+def _pattern(api: str) -> _Pattern | None:
+    try:
+        expr = cst.parse_expression(api.strip())
+    except (cst.ParserSyntaxError, ValueError):
+        return None
+    qual: dict = {}
+    if isinstance(expr, cst.Call):
+        if len(expr.args) > 1 or (expr.args and expr.args[0].star):
+            return None
+        for arg in expr.args:
+            if arg.keyword is not None:
+                qual = {"keyword": arg.keyword.value, "value": _literal(arg.value)}
+            elif isinstance(arg.value, cst.Name):
+                if arg.value.value.lower() in _TYPE_WORDS:
+                    return None  # the argument's type, which can't be checked statically
+                qual = {"keyword": arg.value.value}
+            else:
+                qual = {"value": _literal(arg.value), "positional": True}
+        if qual.get("value") is _BAD:
+            return None
+        expr = expr.func
+    parts = _dotted(expr)
+    if not parts:
+        return None
+    if len(parts) == 1:
+        if not hasattr(builtins, parts[0]):
+            return None  # a bare name says nothing about where it comes from
+        return _Pattern(path="builtins." + parts[0], module="builtins", **qual)
+    n = _module_len(tuple(parts))
+    if n is not None:
+        member = tuple(parts[n + 1 :]) if len(parts) - n >= 2 else ()
+        return _Pattern(".".join(parts), ".".join(parts[:n]), member, **qual)
+    for i in range(len(parts) - 1):
+        seg, nxt = parts[i], parts[i + 1][0]
+        if seg[:1].isupper() and any(c.islower() for c in seg) and (nxt.islower() or nxt == "_"):
+            return _Pattern(".".join(parts), ".".join(parts[:i]), tuple(parts[i + 1 :]), True, **qual)
+    return _Pattern(".".join(parts), ".".join(parts[:-1]), (), True, **qual)
+
+
+class _Index(cst.CSTVisitor):
+    """Every reference, call and import in one parsed module, with its qualified names."""
+
+    METADATA_DEPENDENCIES = (QualifiedNameProvider, ScopeProvider)
+
+    def __init__(self, unbound: set[cst.Name]) -> None:
+        self.unbound = unbound
+        self.names: dict[cst.CSTNode, set[str]] = {}
+        self.calls: list[cst.Call] = []
+        self.imported: set[str] = set()
+
+    def visit_Import(self, node: cst.Import) -> bool:
+        for alias in node.names:
+            self.imported.add(".".join(_dotted(alias.name) or []))
+        return False
+
+    def visit_ImportFrom(self, node: cst.ImportFrom) -> bool:
+        if not node.relative and node.module is not None and not isinstance(node.names, cst.ImportStar):
+            module = ".".join(_dotted(node.module) or [])
+            self.imported.update(f"{module}.{a.name.value}" for a in node.names)
+        return False
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        if isinstance(node, (cst.Name, cst.Attribute)):
+            names = {q.name for q in self.get_metadata(QualifiedNameProvider, node, set())}
+            parts = _dotted(node)
+            if not names and parts and _root(node) in self.unbound:
+                names = {".".join(parts)}
+            self.names[node] = names
+        elif isinstance(node, cst.Call):
+            self.calls.append(node)
+        return super().on_visit(node)
+
+
+def _index(code: str) -> _Index | None:
+    try:
+        wrapper = MetadataWrapper(cst.parse_module(code), unsafe_skip_copy=True)  # we own the tree
+        scopes = {s for s in wrapper.resolve(ScopeProvider).values() if s is not None}
+    except (cst.ParserSyntaxError, RecursionError, ValueError, TypeError):
+        return None
+    # Names read but never bound anywhere: no import to resolve them through.
+    unbound = {a.node for s in scopes for a in s.accesses if not a.referents and isinstance(a.node, cst.Name)}
+    index = _Index(unbound)
+    wrapper.visit(index)
+    return index
+
+
+def _name_is(name: str, p: _Pattern) -> bool:
+    return name == p.path or (p.tail and name.endswith("." + p.path))
+
+
+def _refers(ix: _Index, node: cst.CSTNode, p: _Pattern) -> bool:
+    if any(_name_is(n, p) for n in ix.names.get(node, ())):
+        return True
+    if not p.member:
+        return False
+    for attr in reversed(p.member):
+        if not isinstance(node, cst.Attribute) or node.attr.value != attr:
+            return False
+        node = node.value
+    if _dotted(node) is not None:  # a plain name: is it the module, not an instance?
+        for q in ix.names.get(node, ()):
+            if p.module == q or p.module.startswith(q + "."):
+                return False
+    return True
+
+
+def _call_matches(ix: _Index, call: cst.Call, p: _Pattern) -> bool:
+    if p.positional:
+        first = call.args[0] if call.args else None
+        if first is None or first.keyword is not None or first.star:
+            return False
+        if not _same(_literal(first.value), p.value):
+            return False
+        top = p.path.split(".")[0]
+        return _refers(ix, call.func, p) or any(n.split(".")[0] == top for n in ix.names.get(call.func, ()))
+    if not _refers(ix, call.func, p):
+        return False
+    kwargs = {a.keyword.value: a.value for a in call.args if a.keyword is not None}
+    if p.keyword is None or p.keyword not in kwargs:
+        return p.keyword is None
+    return p.value is _NO or _same(_literal(kwargs[p.keyword]), p.value)
+
+
+def _uses(ix: _Index, p: _Pattern) -> bool:
+    if p.keyword is None and not p.positional:
+        return any(_name_is(n, p) for n in ix.imported) or any(_refers(ix, node, p) for node in ix.names)
+    return any(_call_matches(ix, c, p) for c in ix.calls)
+
+
+def uses_api(code: str, api: str) -> bool | None:
+    """Does ``code`` use ``api``? None if the code doesn't parse or the API string isn't interpretable."""
+    p = _pattern(api)
+    ix = _index(code) if p is not None else None
+    return None if p is None or ix is None else _uses(ix, p)
+
+
+def check_api(code: str, new_api: str | None, old_api: str | None) -> ApiUsage:
+    """Whether ``code`` uses ``new_api`` and whether it still uses ``old_api`` (see module docstring)."""
+    ix = _index(code)
+    if ix is None:
+        return ApiUsage(None, None)
+    new = _pattern(new_api) if new_api else None
+    same = bool(new_api) and "".join((old_api or "").split()) == "".join(new_api.split())
+    old = _pattern(old_api) if old_api and not same else None
+    if new is not None and old is not None and old.path.startswith(new.path + "."):
+        new = None  # the replacement is the object itself (Element, not Element.getchildren)
+    return ApiUsage(None if new is None else _uses(ix, new), None if old is None else _uses(ix, old))

@@ -1,0 +1,100 @@
+"""Sandbox servers as Ray actors: one pool per cluster, shared by eval jobs and GRPO rewards.
+
+Each :class:`SandboxActor` owns one warm ``ForkServer``. Actors reserve no
+logical CPU on purpose: they must never keep a training or inference task
+from being scheduled, and their number (one per cluster CPU by default)
+already bounds how much they run at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import ray
+
+from jobs.executor import ExecResult, Program
+from jobs.sandbox import DEFAULT_PRELOAD, Limits, Sandbox
+
+CHUNK = 4  # programs per actor call: amortizes Ray's per-call overhead, small enough to balance load
+IN_FLIGHT = 2  # calls queued per actor, so an actor never waits for the driver between chunks
+
+
+class SandboxActor:
+    def __init__(self, preload: Sequence[str] = DEFAULT_PRELOAD, limits: Limits = Limits()):
+        self.server = Sandbox(preload=preload)
+        self.server.server_for(())  # the bare server starts now; the others on first use
+        self.limits = limits
+        self.done = 0
+        self.passed = 0
+
+    def run(self, programs: list[Program], timeout_s: float) -> list[ExecResult]:
+        results = [self.server.run(p, timeout_s, self.limits) for p in programs]
+        self.done += len(results)
+        self.passed += sum(r.passed for r in results)
+        return results
+
+    def warm(self, profiles: list[tuple[str, ...]]) -> int:
+        self.server.warm(profiles)
+        return len(self.server.servers)
+
+    def stats(self) -> dict[str, int | str]:
+        return {"done": self.done, "passed": self.passed, "isolation": self.server.isolation}
+
+
+@dataclass
+class SandboxPool:
+    """An ``Executor`` backed by Ray actors; results come back in input order."""
+
+    actors: list
+    preload: tuple[str, ...] = DEFAULT_PRELOAD
+
+    @classmethod
+    def start(
+        cls, size: int | None = None, preload: Sequence[str] = DEFAULT_PRELOAD, limits: Limits = Limits(),
+        name: str = "sandbox",
+    ) -> "SandboxPool":
+        size = size or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        remote = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)(SandboxActor)
+        actors = [remote.options(name=f"{name}-{i}", lifetime=None).remote(preload, limits) for i in range(size)]
+        ray.get([a.stats.remote() for a in actors])  # wait until every server is warm
+        return cls(actors, tuple(preload))
+
+    def run(
+        self, programs: Sequence[Program], timeout_s: float, progress: Callable[[int], None] | None = None
+    ) -> list[ExecResult]:
+        chunks = [list(programs[i : i + CHUNK]) for i in range(0, len(programs), CHUNK)]
+        results: list[list[ExecResult] | None] = [None] * len(chunks)
+        pending: dict = {}
+        idle = [a for a in self.actors for _ in range(IN_FLIGHT)]
+        next_chunk = 0
+        while next_chunk < len(chunks) or pending:
+            while idle and next_chunk < len(chunks):
+                actor = idle.pop()
+                pending[actor.run.remote(chunks[next_chunk], timeout_s)] = (next_chunk, actor)
+                next_chunk += 1
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                index, actor = pending.pop(ref)
+                try:
+                    results[index] = ray.get(ref)
+                except ray.exceptions.RayActorError:  # the actor restarts; count the chunk as failed
+                    results[index] = [ExecResult("failed", False, None, 0.0, note="sandbox actor died")
+                                      for _ in chunks[index]]
+                idle.append(actor)
+                if progress:
+                    progress(len(chunks[index]))
+        return [r for chunk in results for r in chunk]  # type: ignore[union-attr]
+
+    def warm(self, programs: Sequence[Program]) -> None:
+        """Start, on every actor, the servers these programs will need."""
+        router = Sandbox(preload=self.preload)
+        profiles = sorted({router.profile(p) for p in programs})
+        ray.get([a.warm.remote(profiles) for a in self.actors])
+
+    def stats(self) -> list[dict]:
+        return ray.get([a.stats.remote() for a in self.actors])
+
+    def close(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
