@@ -18,6 +18,7 @@ import re
 import sys
 import time
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,8 +28,21 @@ FEASIBLE = {"A", "A?", "A*"}
 AS_OF = "2025-06-01"  # GitChameleon 2.0 was released in July 2025: newer dependency releases break old pins
 
 
+# A test ending in ``unittest.main()`` expects to be the script: under the executor it finds no tests in
+# ``sys.modules["__main__"]`` and exits, which counts as a failure. Run its TestCases in place instead.
+_UNITTEST_MAIN = re.compile(r"^([ \t]*)unittest\.main\(\)[ \t]*$", re.M)
+_IN_PLACE = ("{i}import types as _types\n{i}_module = _types.ModuleType('test'); _module.__dict__.update(globals())\n"
+             "{i}_result = unittest.main(module=_module, argv=['test'], exit=False).result\n"
+             "{i}assert _result.testsRun and _result.wasSuccessful()")
+
+
+def runnable_test(test: str) -> str:
+    return _UNITTEST_MAIN.sub(lambda m: _IN_PLACE.format(i=m.group(1)), test)
+
+
 def _last_line(text: str) -> str:
     """The exception line of a traceback (with the next line when its message is empty, as nltk's are)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # colour codes (nltk's messages have them)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip(" *\t")]
     for i in range(len(lines) - 1, -1, -1):
         if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b:?", lines[i]):
@@ -45,7 +59,7 @@ def _cause(res) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", default=os.environ.get("APIMIG_DATA_DIR") or str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--data-dir", default=None, help="benchmark data (default $APIMIG_DATA_DIR or ../shared/data)")
     ap.add_argument("--limit", type=int, default=None, help="first N problems only")
     ap.add_argument("--cache-dir", default=None, help="env cache (default $APIMIG_ENV_CACHE or ~/.cache/apimig/envs)")
     ap.add_argument("--feasible-only", action="store_true", help="build envs only for CSV-feasible problems")
@@ -53,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--as-of", default=AS_OF, help="resolve unpinned dependencies as of this date ('none': newest)")
     ap.add_argument("--torch", action="store_true", help="build torch envs too (APIMIG_ALLOW_TORCH_ENVS=1, ~2-4 GB each)")
     ap.add_argument("--all-failures", action="store_true", help="list failing problems of every class")
+    ap.add_argument("--raw-tests", action="store_true", help="run tests as given (no unittest.main() adaptation)")
     ap.add_argument("--serial", action="store_true", help="build envs one by one, without Ray")
     ap.add_argument("--parallelism", type=int, default=2, help="programs run at once")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per program")
@@ -63,10 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["APIMIG_ENV_PYTHONS"] = args.pythons
 
     from data.gitchameleon import load_gitchameleon
+    from data.registry import data_dir
     from jobs.environments import available_pythons, build_envs, cache_size_bytes, default_cache_dir, spec_for
     from jobs.executor import Program, SubprocessExecutor
 
-    gdir = Path(args.data_dir) / "gitchameleon"
+    base = Path(args.data_dir) if args.data_dir else data_dir()
+    gdir = (base if base.is_absolute() else ROOT / base) / "gitchameleon"  # relative to the repository root
     records = load_gitchameleon(gdir / "dataset.dev.jsonl", args.limit)
     classes = {row["example_id"]: row["class"] for row in csv.DictReader(open(gdir / "py311_feasibility.csv"))}
     cls = {r.id: classes.get(r.meta["example_id"], "?") for r in records}
@@ -99,16 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  unsupported x{n_env} env(s), {len(ids)} problem(s): {reason}\n      problems: {' '.join(ids)}")
 
     t1 = time.monotonic()
-    results = {}
-    groups: dict[str, list] = defaultdict(list)
-    for r in todo:
-        if env_of[r.id].ready:
-            groups[env_of[r.id].key].append(r)
-    for key, recs in groups.items():
-        ex = SubprocessExecutor(parallelism=args.parallelism, python=envs[key].python_path)
-        out = ex.run([Program(r.code_for(r.reference), r.tests[0]) for r in recs], args.timeout)
-        results.update({r.id: res for r, res in zip(recs, out)})
-    print(f"\nran {len(results)} reference programs in {time.monotonic() - t1:.0f}s")
+
+    def run_reference(r):
+        test = r.tests[0] if args.raw_tests else runnable_test(r.tests[0])
+        [res] = SubprocessExecutor(python=env_of[r.id].python_path).run([Program(r.code_for(r.reference), test)], args.timeout)
+        return r.id, res
+
+    with ThreadPoolExecutor(args.parallelism) as pool:  # every env's programs share the pool
+        results = dict(pool.map(run_reference, [r for r in todo if env_of[r.id].ready]))
+    adapted = sum(1 for r in todo if r.id in results and runnable_test(r.tests[0]) != r.tests[0])
+    print(f"\nran {len(results)} reference programs in {time.monotonic() - t1:.0f}s"
+          + ("" if args.raw_tests else f" ({adapted} tests ending in unittest.main() run in place)"))
 
     def report(name: str, recs: list) -> list:
         passed = sum(1 for r in recs if r.id in results and results[r.id].passed)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ast
 import re
 import warnings
+import zlib
+from dataclasses import replace
 from pathlib import Path
 
 from data.io import DataFormatError, read_jsonl, require
@@ -78,7 +80,15 @@ def split_unit_tests(source: str) -> list[str]:
     ] or [source]
 
 
-def load_codeupdatearena(path: str | Path, limit: int | None = None) -> list[TaskRecord]:
+def load_codeupdatearena(path: str | Path, limit: int | None = None, control: str | None = None) -> list[TaskRecord]:
+    """One record per program-synthesis example.
+
+    ``control="random_update"`` builds the benchmark's specificity condition (SPass):
+    each record's ``update`` (what a method is told) is an unrelated update of another
+    function, chosen deterministically, while execution still installs the real one.
+    """
+    if control not in (None, "random_update"):
+        raise ValueError(f"unknown control '{control}' (known: random_update)")
     path = Path(path)
     records: list[TaskRecord] = []
     for lineno, obj in read_jsonl(path):
@@ -125,5 +135,19 @@ def load_codeupdatearena(path: str | Path, limit: int | None = None) -> list[Tas
                 )
             )
             if limit is not None and len(records) >= limit:
-                return records
-    return records
+                return _with_control(records, control)
+    return _with_control(records, control)
+
+
+def _with_control(records: list[TaskRecord], control: str | None) -> list[TaskRecord]:
+    if control is None:
+        return records
+    updates = sorted({r.update.old_api: r.update for r in records}.items())
+    out = []
+    for r in records:
+        others = [u for api, u in updates if api != r.update.old_api]
+        if not others:
+            raise ValueError("random_update control needs updates of at least two functions")
+        shown = others[zlib.crc32(r.id.encode()) % len(others)]  # stable across runs and machines
+        out.append(replace(r, update=shown, meta={**r.meta, "control": control, "true_update": r.update.old_api}))
+    return out

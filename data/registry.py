@@ -50,5 +50,9 @@ def resolve_path(kind: str, path: str | Path | None) -> Path | None:
     return DATASETS[kind].default_path()
 
 
-def load_dataset(kind: str, path: str | Path | None = None, limit: int | None = None) -> list[TaskRecord]:
+def load_dataset(
+    kind: str, path: str | Path | None = None, limit: int | None = None, control: str | None = None
+) -> list[TaskRecord]:
+    if control is not None:  # only CodeUpdateArena defines a control condition (its SPass)
+        return DATASETS[kind].load(resolve_path(kind, path), limit, control=control)
     return DATASETS[kind].load(resolve_path(kind, path), limit)

@@ -9,7 +9,7 @@ reason. A package with no usable wheel is retried from its sdist with compilers 
 would, ``exclude_newer`` resolves unpinned dependencies as of a date. The interpreter is
 the requested ``X.Y`` when on this machine (``APIMIG_ENV_PYTHONS`` limits the choice), else
 the running one if the spec allows substitution. torch envs (CUDA wheels, 2-4 GB each) need
-``APIMIG_ALLOW_TORCH_ENVS=1``. See docs/gitchameleon.md.
+``APIMIG_ALLOW_TORCH_ENVS=1`` (or an env already in the cache). See docs/gitchameleon.md.
 """
 
 from __future__ import annotations
@@ -242,7 +242,8 @@ def _install(interp: Interpreter, env_dir: Path, spec: EnvSpec, timeout: float) 
     built = re.findall(r"Failed to build `([^`]+)`", out) if not ok else []
     if built:  # one line instead of a build log
         errors = re.findall(r"^\s*((?:[\w.]*(?:Error|Exception)|error):\s*\S.*)$", out, re.M)
-        why = "needs a C compiler" if re.search(r"'false'|\bfalse -", out) else "failed: " + (errors or ["?"])[-1]
+        last = re.sub(r"/[^\s:'\"]+", "<path>", (errors or ["?"])[-1])  # temp dirs differ per build
+        why = "needs a C compiler" if re.search(r"'false'|\bfalse -", out) else f"failed: {last}"
         return False, f"error: no usable wheel for {', '.join(built)} and its sdist build {why}", {}
     if not ok:
         return False, out, {}
@@ -266,8 +267,6 @@ def build_env(spec: EnvSpec, cache_dir: str | Path | None = None, timeout_s: flo
     if interp is None:
         return EnvResult(python_path=None, status="unsupported", reason=note, **base)
     base.update(python_version=interp.version, substituted=bool(note))
-    if any(requirement_name(r) == "torch" for r in spec.normalized) and os.environ.get(ALLOW_TORCH_VAR) != "1":
-        return EnvResult(python_path=None, status="unsupported", reason=TORCH_REASON, **base)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     env_dir, marker = cache_dir / spec.key, cache_dir / spec.key / MARKER
     try:
@@ -278,6 +277,8 @@ def build_env(spec: EnvSpec, cache_dir: str | Path | None = None, timeout_s: flo
             if saved and saved.get("python_path"):  # this request (and its note) may differ from the builder's
                 reason = "; ".join(filter(None, [note, saved.get("build_note", "")]))
                 return EnvResult(python_path=saved["python_path"], status="ready", reason=reason, **base)
+            if any(requirement_name(r) == "torch" for r in spec.normalized) and os.environ.get(ALLOW_TORCH_VAR) != "1":
+                return EnvResult(python_path=None, status="unsupported", reason=TORCH_REASON, **base)
             if env_dir.exists() or env_dir.is_symlink():
                 shutil.rmtree(env_dir, ignore_errors=True)  # half-built: no marker
             ok, output, facts = _install(interp, env_dir, spec, timeout_s)

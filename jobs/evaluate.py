@@ -128,7 +128,8 @@ def _sample_verdict(rec: TaskRecord, sample: str, runs: list[ExecResult], check_
         "tests_total": len(runs),
         "exact_match": metrics.exact_match(sample, rec.reference) if rec.reference is not None else None,
         "edit_sim": metrics.edit_similarity(sample, rec.reference) if rec.reference is not None else None,
-        "api_ok": check_api(sample, rec.update.new_api, rec.update.old_api).ok,
+        # In a control condition the record's update is not the one installed: no API verdict.
+        "api_ok": None if rec.meta.get("control") else check_api(sample, rec.update.new_api, rec.update.old_api).ok,
         "failure": _describe(failing) if failing else None,
     }
 
@@ -170,6 +171,10 @@ def run_eval_job(
     rows = evaluate(records, output.codes, executor, request.eval, progress)
     t2 = time.monotonic()
     summary = summarize(rows, request.eval.k)
+    if records and records[0].dataset == "codeupdatearena":
+        # The paper's names: UPass with the method told about the right update, SPass in the control.
+        prefix = "spass" if records[0].meta.get("control") else "upass"
+        summary.update({f"{prefix}@{k[5:]}": v for k, v in list(summary.items()) if k.startswith("pass@")})
     if output.train_time_s is not None:
         summary["train_time_s"] = output.train_time_s
     summary.update(output.metrics)

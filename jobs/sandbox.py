@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from jobs.executor import ExecResult, Program
+from jobs.metrics import parse
 
 ROOT = Path(__file__).resolve().parent.parent
 # Imported by every server before it forks: cheap to fork, and common in benchmark programs.
@@ -145,7 +146,7 @@ class ForkServer:
 def imported_packages(source: str) -> set[str]:
     """Top-level packages a program imports, anywhere in it (regex fallback if it does not parse)."""
     try:
-        tree = ast.parse(source)
+        tree = parse(source)
     except (SyntaxError, ValueError):
         return set(re.findall(r"^\s*(?:from|import)\s+([A-Za-z_]\w*)", source, re.M))
     names = set()

@@ -73,7 +73,7 @@ def _load_records(spec: ExperimentSpec) -> dict[str, list]:
     out = {}
     for ds in spec.datasets:
         try:
-            out[ds.name] = load_dataset(ds.kind, ds.path, ds.limit)
+            out[ds.name] = load_dataset(ds.kind, ds.path, ds.limit, ds.control)
         except (OSError, ValueError) as exc:
             raise DataError(f"datasets '{ds.name}': {exc}") from None
     return out

@@ -10,7 +10,8 @@ from typing import Any
 from data.io import atomic_write_bytes, atomic_write_text
 from orchestrator.manifest import Manifest
 
-COLUMNS = ("n", "syntax_ok", "exec_ok", "pass@1", "exact_match", "edit_sim", "train_time_s")
+COLUMNS = ("n", "syntax_ok", "exec_ok", "pass@1", "exact_match", "edit_sim", "api_ok")
+OPTIONAL = ("train_time_s",)  # shown only where some job has them, like pass@k for k > 1
 
 
 def load_metrics(run_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
@@ -30,7 +31,9 @@ def _fmt(key: str, value: Any) -> str:
 
 def results_table(metrics: dict, manifest: Manifest) -> str:
     """Markdown table: one row per job, in the manifest's (= the spec's) order."""
-    columns = [c for c in COLUMNS if c != "train_time_s" or _any_has(metrics, c)]
+    pass_k = sorted({k for per_ds in metrics.values() for v in per_ds.values() for k in v
+                     if k.startswith("pass@") and k != "pass@1"}, key=lambda k: int(k[5:]))
+    columns = list(COLUMNS[:4]) + pass_k + list(COLUMNS[4:]) + [c for c in OPTIONAL if _any_has(metrics, c)]
     lines = ["| method | dataset | state | " + " | ".join(columns) + " |", "|---" * (3 + len(columns)) + "|"]
     for job_id, job in manifest.jobs.items():
         method, _, dataset = job_id.partition("__")

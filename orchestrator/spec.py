@@ -40,6 +40,8 @@ class DatasetSpec(_Strict):
     kind: str | None = None  # defaults to the name
     path: str | None = None
     limit: PositiveInt | None = None
+    # CodeUpdateArena's specificity condition: methods are shown an unrelated update (SPass)
+    control: Literal["random_update"] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "DatasetSpec":
@@ -47,6 +49,8 @@ class DatasetSpec(_Strict):
             self.kind = self.name
         if self.kind not in DATASETS:
             raise ValueError(f"kind: unknown dataset kind '{self.kind}' (known: {', '.join(sorted(DATASETS))})")
+        if self.control is not None and self.kind != "codeupdatearena":
+            raise ValueError(f"control: only codeupdatearena has a control condition, not '{self.kind}'")
         if DATASETS[self.kind].requires_path and self.path is None:
             raise ValueError(f"path: dataset kind '{self.kind}' needs a path")
         path = self.resolved_path

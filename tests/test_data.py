@@ -103,3 +103,16 @@ def test_malformed_json_line_number(tmp_path):
     path.write_text(good + "\n" + good + "\n{oops\n")
     with pytest.raises(DataFormatError, match=r"bad\.jsonl:3: invalid JSON"):
         load_recode(path)
+
+
+def test_codeupdatearena_random_update_control(shared_data):
+    path = shared_data / "codeupdatearena" / "arena.dev.jsonl"
+    own = load_codeupdatearena(path, limit=30)
+    control = load_codeupdatearena(path, limit=30, control="random_update")
+    again = load_codeupdatearena(path, limit=30, control="random_update")
+    for a, b, c in zip(own, control, again):
+        assert b.update.old_api != a.update.old_api  # told about another function's update...
+        assert b.update_code == a.update_code and b.tests == a.tests  # ...but executed with its own
+        assert b.meta["true_update"] == a.update.old_api and b.update == c.update  # deterministic
+    with pytest.raises(ValueError, match="unknown control"):
+        load_codeupdatearena(path, limit=3, control="nope")

@@ -48,6 +48,8 @@ BAD_SPECS = {
         ["datasets[1].name", "duplicate"],
     ),
     "model-dtype": (GOOD + "model: {name: tiny, dtype: float8}\n", ["model.dtype"]),
+    "control-on-wrong-kind": (GOOD.replace("{name: migrations}", "{name: migrations, control: random_update}"),
+                              ["datasets[0].control", "only codeupdatearena"]),
     "datasets-not-list": ("name: t\ndatasets: migrations\nmethods: [{name: r, kind: reference}]\n", ["datasets"]),
 }
 
