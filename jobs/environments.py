@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -307,15 +308,11 @@ def build_envs(
     for spec in specs:
         unique.setdefault(spec.key, spec)
     cache_dir = str(Path(cache_dir) if cache_dir is not None else default_cache_dir())
-    try:
-        import ray
-    except ImportError:
-        ray = None
-    if ray is None or len(unique) < 2 or not (parallel or ray.is_initialized()):
+    import ray
+
+    if len(unique) < 2 or not (parallel or ray.is_initialized()):
         return {key: build_env(spec, cache_dir) for key, spec in unique.items()}
     if not ray.is_initialized():
-        import logging
-
         ray.init(logging_level=logging.WARNING, namespace="apimig", include_dashboard=False)
     task = ray.remote(num_cpus=num_cpus, max_retries=0)(build_env)
     knobs = {v: os.environ[v] for v in (ALLOW_TORCH_VAR, PYTHONS_VAR, COMPILE_VAR) if v in os.environ}

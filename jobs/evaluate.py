@@ -33,6 +33,7 @@ class EvalSettings:
     timeout_s: float = 10.0
     with_update: bool = True  # CodeUpdateArena: install the simulated update before the solution
     k: tuple[int, ...] = (1,)  # pass@k values to report where enough samples exist
+    python_substitution: bool = True  # per-problem envs: use this Python when the requested one is missing
 
 
 @dataclass(frozen=True)
@@ -71,23 +72,44 @@ def _mean(values: list) -> float | None:
     return sum(known) / len(known) if known else None
 
 
+def prepare_environments(records: list[TaskRecord], settings: EvalSettings) -> dict[str, Any]:
+    """Build (or find cached) the per-problem environments records need: ``{record id: EnvResult}``."""
+    needy = [r for r in records if r.env.requirements or r.env.python]
+    if not needy:
+        return {}
+    from jobs.environments import build_envs, spec_for
+
+    specs = {r.id: spec_for(r, allow_python_substitution=settings.python_substitution) for r in needy}
+    built = build_envs(specs.values())
+    return {rid: built[spec.key] for rid, spec in specs.items()}
+
+
 def evaluate(
     records: list[TaskRecord],
     codes: list[str | Sequence[str] | None],
     executor: Executor,
     settings: EvalSettings,
     progress: Callable[[int], None] | None = None,
+    environments: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Execute every (record, sample, test) program in one batch and fold the verdicts per record."""
+    """Execute every (record, sample, test) program in one batch and fold the verdicts per record.
+
+    Records whose environment could not be built are not executed: their row says
+    ``unsupported`` and why, and they count in no metric but ``unsupported``.
+    """
     from jobs.api_check import check_api
 
+    environments = environments or {}
     batch: list[Program] = []
     owners: list[tuple[int, int]] = []
     for i, (rec, code) in enumerate(zip(records, codes)):
+        env = environments.get(rec.id)
+        if env is not None and not env.ready:
+            continue
         for s, sample in enumerate(_samples(code)):
             prefix = rec.code_for(sample, with_update=settings.with_update)
             for test in rec.tests:
-                batch.append(Program(prefix, test))
+                batch.append(Program(prefix, test, env.python_path if env is not None else None))
                 owners.append((i, s))
     kwargs = {"progress": progress} if progress else {}
     results = executor.run(batch, settings.timeout_s, **kwargs) if batch else []
@@ -99,7 +121,10 @@ def evaluate(
     for i, (rec, code) in enumerate(zip(records, codes)):
         samples = _samples(code)
         row: dict[str, Any] = {"id": rec.id, "code": samples[0] if samples else None}
-        if samples:
+        env = environments.get(rec.id)
+        if env is not None and not env.ready:
+            row.update(unsupported=env.reason or "environment unavailable")
+        elif samples:
             per = [_sample_verdict(rec, sample, runs.get((i, s), []), check_api) for s, sample in enumerate(samples)]
             passed = [p["passed"] for p in per]
             known = [p for p in passed if p is not None]
@@ -143,8 +168,11 @@ def _describe(result: ExecResult) -> str:
 
 
 def summarize(rows: list[dict[str, Any]], k: Sequence[int] = (1,)) -> dict[str, float | int | None]:
-    answered = [r for r in rows if r.get("code") is not None]
+    answered = [r for r in rows if r.get("code") is not None and not r.get("unsupported")]
     out: dict[str, float | int | None] = {"n": len(answered)}
+    unsupported = sum(1 for r in rows if r.get("unsupported"))
+    if unsupported:
+        out["unsupported"] = unsupported
     for name in METRICS:
         out[name] = _mean([r.get("passed" if name == "pass@1" else name) for r in answered])
     for kk in sorted(set(k) - {1}):
@@ -168,7 +196,8 @@ def run_eval_job(
         raise RuntimeError(
             f"method '{request.method}' returned {len(output.codes)} predictions for {len(records)} records"
         )
-    rows = evaluate(records, output.codes, executor, request.eval, progress)
+    environments = prepare_environments(records, request.eval)
+    rows = evaluate(records, output.codes, executor, request.eval, progress, environments)
     t2 = time.monotonic()
     summary = summarize(rows, request.eval.k)
     if records and records[0].dataset == "codeupdatearena":
@@ -178,4 +207,4 @@ def run_eval_job(
     if output.train_time_s is not None:
         summary["train_time_s"] = output.train_time_s
     summary.update(output.metrics)
-    return JobResult(rows, summary, {"predict_s": t1 - t0, "eval_s": t2 - t1})
+    return JobResult(rows, summary, {"predict_s": t1 - t0, "eval_s": t2 - t1})  # eval_s includes env builds

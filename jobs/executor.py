@@ -31,6 +31,7 @@ OUTPUT_CAP = 4096  # bytes of stdout/stderr kept per program
 class Program:
     code: str
     test: str = ""
+    python: str | None = None  # interpreter of a per-problem environment; None = this one
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ os.write(_fd, b"T")
 
 
 def _run_one(program: Program, timeout_s: float, python: str) -> ExecResult:
+    python = program.python or python
     start = time.monotonic()
     status_r, status_w = os.pipe()
     with tempfile.TemporaryDirectory(prefix="apimig-exec-") as workdir:

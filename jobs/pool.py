@@ -23,7 +23,7 @@ IN_FLIGHT = 2  # calls queued per actor, so an actor never waits for the driver 
 class SandboxActor:
     def __init__(self, preload: Sequence[str] = DEFAULT_PRELOAD, limits: Limits = Limits()):
         self.server = Sandbox(preload=preload)
-        self.server.server_for(())  # the bare server starts now; the others on first use
+        self.server.server_for((None, ()))  # the bare server starts now; the others on first use
         self.limits = limits
         self.done = 0
         self.passed = 0
@@ -34,7 +34,7 @@ class SandboxActor:
         self.passed += sum(r.passed for r in results)
         return results
 
-    def warm(self, profiles: list[tuple[str, ...]]) -> int:
+    def warm(self, profiles: list) -> int:
         self.server.warm(profiles)
         return len(self.server.servers)
 
@@ -89,7 +89,7 @@ class SandboxPool:
     def warm(self, programs: Sequence[Program]) -> None:
         """Start, on every actor, the servers these programs will need."""
         router = Sandbox(preload=self.preload)
-        profiles = sorted({router.profile(p) for p in programs})
+        profiles = sorted({router.profile(p) for p in programs}, key=repr)
         ray.get([a.warm.remote(profiles) for a in self.actors])
 
     def stats(self) -> list[dict]:

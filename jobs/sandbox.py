@@ -172,31 +172,35 @@ class Sandbox:
         self.python = python
         self.preload = tuple(preload)
         self.max_servers = max_servers
-        self.servers: dict[tuple[str, ...], ForkServer] = {}  # insertion order = least recently used first
+        # (interpreter, preloaded modules) -> server; insertion order = least recently used first
+        self.servers: dict[tuple[str | None, tuple[str, ...]], ForkServer] = {}
 
-    def profile(self, program: Program) -> tuple[str, ...]:
+    def profile(self, program: Program) -> tuple[str | None, tuple[str, ...]]:
+        """Which server fits: the program's interpreter, and the heavy modules it imports."""
         wanted = imported_packages(program.code + "\n" + program.test)
-        return tuple(m for m in self.preload if m.split(".")[0] in wanted)
+        if program.python:  # a per-problem environment: keep its imported packages warm
+            return program.python, tuple(sorted(wanted))
+        return None, tuple(m for m in self.preload if m.split(".")[0] in wanted)
 
-    def server_for(self, profile: tuple[str, ...]) -> ForkServer:
+    def server_for(self, profile: tuple[str | None, tuple[str, ...]]) -> ForkServer:
         server = self.servers.pop(profile, None)
         if server is None:
             if len(self.servers) >= self.max_servers:
                 oldest = next(iter(self.servers))
                 self.servers.pop(oldest).close()
-            server = ForkServer(self.python, profile)
+            server = ForkServer(profile[0] or self.python, profile[1])
             server.start()
         self.servers[profile] = server
         return server
 
-    def warm(self, profiles: Sequence[tuple[str, ...]]) -> None:
+    def warm(self, profiles: Sequence[tuple[str | None, tuple[str, ...]]]) -> None:
         """Start the servers for these profiles now (each import is paid once, here)."""
-        for profile in profiles:
-            self.server_for(tuple(profile))
+        for python, modules in profiles:
+            self.server_for((python, tuple(modules)))
 
     @property
     def isolation(self) -> str:
-        return self.server_for(()).isolation
+        return self.server_for((None, ())).isolation
 
     def run(self, program: Program, timeout_s: float, limits: Limits = Limits()) -> ExecResult:
         return self.server_for(self.profile(program)).run(program, timeout_s, limits)

@@ -322,6 +322,9 @@ def _probe_isolation(uid: int | None, namespaces: tuple[int, int] | None, root: 
 
 
 def serve(preload: list[str], uid: int | None) -> None:
+    # Programs must not import apimig's own packages by accident (they share names like `data`).
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != here]
     blocked = blocked_ancestors([p for p in sys.path if p] + [sys.prefix, sys.base_prefix, sys.executable])
     root = tempfile.mkdtemp(prefix="apimig-sandbox-")  # 0700 root-owned; sandbox uids only enter their own
     os.chmod(root, 0o711)

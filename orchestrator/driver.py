@@ -148,7 +148,10 @@ def _request(spec: ExperimentSpec, job: PlannedJob, run_dir: Path) -> JobRequest
         kind=job.method.kind,
         options=job.method.options,
         dataset=job.dataset.name,
-        eval=EvalSettings(timeout_s=spec.eval.timeout_s, with_update=spec.eval.with_update, k=tuple(spec.eval.k)),
+        eval=EvalSettings(
+            timeout_s=spec.eval.timeout_s, with_update=spec.eval.with_update, k=tuple(spec.eval.k),
+            python_substitution=spec.eval.python_substitution,
+        ),
         context=MethodContext(
             model=spec.model.model_dump(), work_dir=run_dir / "work" / job.id, seed=spec.seed,
             use_gpu=spec.resources.use_gpu,

@@ -11,7 +11,7 @@ from data.io import atomic_write_bytes, atomic_write_text
 from orchestrator.manifest import Manifest
 
 COLUMNS = ("n", "syntax_ok", "exec_ok", "pass@1", "exact_match", "edit_sim", "api_ok")
-OPTIONAL = ("train_time_s",)  # shown only where some job has them, like pass@k for k > 1
+OPTIONAL = ("unsupported", "train_time_s")  # shown only where some job has them, like pass@k for k > 1
 
 
 def load_metrics(run_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
@@ -22,7 +22,7 @@ def load_metrics(run_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
 def _fmt(key: str, value: Any) -> str:
     if value is None:
         return "n/a"
-    if key == "n":
+    if key in ("n", "unsupported"):
         return str(int(value))
     if key.endswith("_s"):
         return f"{value:.1f}"

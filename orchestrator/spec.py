@@ -98,6 +98,7 @@ class EvalSpec(_Strict):
     memory_mb: PositiveInt = 4096  # per program, on top of the preloaded sandbox
     preload: list[str] = Field(default_factory=lambda: list(DEFAULT_PRELOAD))  # imported once per sandbox
     pool_size: PositiveInt | None = None  # sandbox actors; None = one per cluster CPU
+    python_substitution: bool = True  # GitChameleon: run under this Python when the pinned one is missing
 
 
 class ResourcesSpec(_Strict):
