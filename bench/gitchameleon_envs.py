@@ -6,7 +6,7 @@ Feasible = ``py311_feasibility.csv`` class A, A? or A* (installable on Python 3.
 via sdist builds, A*: the hidden test needs nltk_data). B needs an additional pin relaxed, C has no
 3.11 wheels. Feasible problems may fall back to the running Python when theirs is missing
 (``allow_python_substitution``); the others need their own. ``--pythons 3.11`` pretends only 3.11
-exists. torch envs are skipped unless ``APIMIG_ALLOW_TORCH_ENVS=1``.
+exists. torch envs are skipped unless ``--torch`` (``APIMIG_ALLOW_TORCH_ENVS=1``) or already cached.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 FEASIBLE = {"A", "A?", "A*"}
-AS_OF = "2025-06-01"  # GitChameleon 2.0 was released in July 2025: newer dependency releases break old pins
 
 
 # A test ending in ``unittest.main()`` expects to be the script: under the executor it finds no tests in
@@ -64,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", default=None, help="env cache (default $APIMIG_ENV_CACHE or ~/.cache/apimig/envs)")
     ap.add_argument("--feasible-only", action="store_true", help="build envs only for CSV-feasible problems")
     ap.add_argument("--pythons", default=None, help="use only these Python versions, e.g. 3.11 (APIMIG_ENV_PYTHONS)")
-    ap.add_argument("--as-of", default=AS_OF, help="resolve unpinned dependencies as of this date ('none': newest)")
+    ap.add_argument("--as-of", default="dataset", help="resolve unpinned dependencies as of this date "
+                    "(default: jobs.environments.DATASET_AS_OF['gitchameleon']; 'none': newest releases)")
     ap.add_argument("--torch", action="store_true", help="build torch envs too (APIMIG_ALLOW_TORCH_ENVS=1, ~2-4 GB each)")
     ap.add_argument("--all-failures", action="store_true", help="list failing problems of every class")
     ap.add_argument("--raw-tests", action="store_true", help="run tests as given (no unittest.main() adaptation)")
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     todo = feasible if args.feasible_only else records
     as_of = None if args.as_of.lower() == "none" else args.as_of
     specs = {r.id: spec_for(r, allow_python_substitution=cls[r.id] in FEASIBLE, exclude_newer=as_of) for r in todo}
+    as_of = next(iter(specs.values())).exclude_newer if specs else as_of
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     print(f"problems: {len(records)}  CSV classes: {dict(sorted(Counter(cls.values()).items()))}")
     print(f"feasible per CSV ({'/'.join(sorted(FEASIBLE))}): {len(feasible)}")

@@ -62,7 +62,7 @@ def split_unit_tests(source: str) -> list[str]:
             tree = ast.parse(source)
     except SyntaxError:
         names = re.findall(r"^def (test_\w+)\s*\(", source, re.M)
-        return [source.rstrip() + "\n" + "\n".join(f"{n}()" for n in names)] if names else [source]
+        return [source.rstrip() + "\n" + "\n".join(f"{n}()" for n in names)] if names else []
     lines = source.splitlines()
 
     def segment(node: ast.stmt) -> str:
@@ -74,10 +74,11 @@ def split_unit_tests(source: str) -> list[str]:
         is_test = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test")
         (tests if is_test else shared).append(node)
     common = "\n".join(segment(n) for n in shared)
-    return [
-        "\n".join(p for p in (common, segment(t), f"{t.name}()") if p)
-        for t in tests
-    ] or [source]
+
+    def call(t: ast.stmt) -> str:
+        return f"import asyncio\nasyncio.run({t.name}())" if isinstance(t, ast.AsyncFunctionDef) else f"{t.name}()"
+
+    return ["\n".join(p for p in (common, segment(t), call(t)) if p) for t in tests]
 
 
 def load_codeupdatearena(path: str | Path, limit: int | None = None, control: str | None = None) -> list[TaskRecord]:
@@ -118,6 +119,9 @@ def load_codeupdatearena(path: str | Path, limit: int | None = None, control: st
                 raise DataFormatError(f"{ex_where}: expected an object")
             for key in _EXAMPLE_FIELDS:
                 require(ex, key, ex_where)
+            tests = split_unit_tests(ex["unit_tests"])
+            if not tests:  # a record that runs no test would pass whatever the solution does
+                raise DataFormatError(f"{ex_where}: unit_tests defines no test function")
             prompt = "\n\n".join(
                 x for x in (ex.get("scenario", ""), ex["problem"], ex.get("solution_signature", "")) if x
             )
@@ -128,7 +132,7 @@ def load_codeupdatearena(path: str | Path, limit: int | None = None, control: st
                     update=info,
                     prompt=prompt,
                     reference=ex["ref_solution"],
-                    tests=tuple(split_unit_tests(ex["unit_tests"])),
+                    tests=tuple(tests),
                     setup=ex.get("prog_syn_imports") or update.get("imports", ""),
                     update_code=update_code,
                     meta={"update_id": update["update_id"], "signature": ex.get("solution_signature", "")},

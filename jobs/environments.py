@@ -161,8 +161,15 @@ class EnvResult:
         return self.status == "ready"
 
 
-def spec_for(record, allow_python_substitution: bool = False, exclude_newer: str | None = None) -> EnvSpec:
-    """The env a :class:`~data.records.TaskRecord` needs."""
+# Resolve a benchmark's unpinned dependencies as of its release: newer ones break old pins (gradio 3.x
+# imports gradio_client.serializing, gone from later gradio_client releases).
+DATASET_AS_OF = {"gitchameleon": "2025-06-01"}
+
+
+def spec_for(record, allow_python_substitution: bool = False, exclude_newer: str | None = "dataset") -> EnvSpec:
+    """The env a :class:`~data.records.TaskRecord` needs; ``exclude_newer="dataset"``: its dataset's date."""
+    if exclude_newer == "dataset":
+        exclude_newer = DATASET_AS_OF.get(record.dataset)
     return EnvSpec(record.env.python, tuple(record.env.requirements), allow_python_substitution, exclude_newer)
 
 

@@ -23,7 +23,7 @@ IN_FLIGHT = 2  # calls queued per actor, so an actor never waits for the driver 
 class SandboxActor:
     def __init__(self, preload: Sequence[str] = DEFAULT_PRELOAD, limits: Limits = Limits()):
         self.server = Sandbox(preload=preload)
-        self.server.server_for((None, ()))  # the bare server starts now; the others on first use
+        self.isolation = self.server.isolation  # starts the bare server now; the others on first use
         self.limits = limits
         self.done = 0
         self.passed = 0
@@ -38,8 +38,10 @@ class SandboxActor:
         self.server.warm(profiles)
         return len(self.server.servers)
 
+    @ray.method(concurrency_group="status")
     def stats(self) -> dict[str, int | str]:
-        return {"done": self.done, "passed": self.passed, "isolation": self.server.isolation}
+        # Its own concurrency group: answered while `run` calls are queued. Reads counters only.
+        return {"done": self.done, "passed": self.passed, "isolation": self.isolation}
 
 
 @dataclass
@@ -55,8 +57,9 @@ class SandboxPool:
         name: str = "sandbox",
     ) -> "SandboxPool":
         size = size or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        remote = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)(SandboxActor)
-        actors = [remote.options(name=f"{name}-{i}", lifetime=None).remote(preload, limits) for i in range(size)]
+        remote = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0,
+                            concurrency_groups={"status": 1})(SandboxActor)
+        actors = [remote.options(name=f"{name}-{i}").remote(preload, limits) for i in range(size)]
         ray.get([a.stats.remote() for a in actors])  # wait until every server is warm
         return cls(actors, tuple(preload))
 
@@ -78,7 +81,7 @@ class SandboxPool:
                 index, actor = pending.pop(ref)
                 try:
                     results[index] = ray.get(ref)
-                except ray.exceptions.RayActorError:  # the actor restarts; count the chunk as failed
+                except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError):  # count the chunk as failed
                     results[index] = [ExecResult("failed", False, None, 0.0, note="sandbox actor died")
                                       for _ in chunks[index]]
                 idle.append(actor)

@@ -37,7 +37,7 @@ BASE_PRELOAD = (
 # process costs time in proportion to its memory, so they are not all loaded everywhere.
 DEFAULT_PRELOAD = ("sympy", "torch", "pandas", "scipy", "sklearn", "matplotlib.pyplot", "pytest")
 UID_BASE, UID_SLOTS = 61000, 512
-UID_LOCK_DIR = Path("/tmp/apimig-sandbox-uids")
+UID_LOCK_DIR = Path("/run/apimig-sandbox-uids")  # root-only: not in a world-writable directory
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,13 @@ def _claim_uid() -> tuple[int | None, object | None]:
     """A uid no other sandbox server on this machine uses (held by an flock), or None if not root."""
     if os.geteuid() != 0:
         return None, None
-    UID_LOCK_DIR.mkdir(parents=True, exist_ok=True)
+    UID_LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = UID_LOCK_DIR.lstat()
+    if st.st_uid != 0 or st.st_mode & 0o077 or UID_LOCK_DIR.is_symlink():
+        raise RuntimeError(f"{UID_LOCK_DIR} must be a root-owned 0700 directory")
     for uid in range(UID_BASE, UID_BASE + UID_SLOTS):
-        fh = open(UID_LOCK_DIR / f"{uid}.lock", "w")
+        fd = os.open(UID_LOCK_DIR / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        fh = os.fdopen(fd, "r+")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return uid, fh
@@ -99,6 +103,7 @@ class ForkServer:
         )
         hello = self._read_line(timeout=300)
         if hello is None:
+            self.close()
             raise RuntimeError(f"sandbox server did not start ({self.python})")
         info = json.loads(hello)
         self.preloaded, self.isolation = info["preloaded"], info["isolation"]
@@ -133,13 +138,13 @@ class ForkServer:
     def close(self) -> None:
         if self.proc is not None:
             try:
+                self.proc.stdin.close()  # EOF: the server cleans up its directory and exits
+                self.proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait(timeout=10)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-            for stream in (self.proc.stdin, self.proc.stdout):
-                if stream:
-                    stream.close()
+            if self.proc.stdout:
+                self.proc.stdout.close()
             self.proc = None
 
 

@@ -35,10 +35,11 @@ import tempfile
 import time
 import traceback
 
-CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
+CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWIPC = 0x00020000, 0x40000000, 0x08000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
-READ_ONLY_SHARED = ("/tmp", "/var/tmp", "/dev/shm")  # world-writable: read-only inside the sandbox
+# World-writable places: read-only inside the sandbox.
+READ_ONLY_SHARED = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/var/lock", "/dev/mqueue", "/var/crash")
 OUTPUT_CAP = 64 * 1024
 DRAIN_S = 0.5  # after the child exits, how long leftovers may keep its pipes busy
 
@@ -71,14 +72,14 @@ def blocked_ancestors(paths: list[str]) -> dict[str, set[str]]:
     return out
 
 
-def prepare_namespaces(root: str, blocked: dict[str, set[str]]) -> tuple[int, int] | None:
+def prepare_namespaces(root: str, blocked: dict[str, set[str]]) -> tuple[int, ...] | None:
     """Build the sandbox's network and mount namespaces once; children join them with setns.
 
     Creating a network namespace per program costs ~15 ms (mostly its teardown), joining
-    one costs microseconds. Inside: no network but loopback-less isolation, the
-    world-writable directories read-only, ``root`` (where each program gets its own
+    one costs microseconds. Inside: no network interface at all, private System V IPC,
+    the world-writable directories read-only, ``root`` (where each program gets its own
     0700 directory) writable, and a 0755 stand-in for each directory the sandbox uid
-    could not traverse. Returns (mount ns fd, net ns fd), or None without root.
+    could not traverse. Returns (mount, net, ipc) namespace fds, or None without root.
     """
     if os.geteuid() != 0:
         return None
@@ -91,11 +92,11 @@ def prepare_namespaces(root: str, blocked: dict[str, set[str]]) -> tuple[int, in
             os.close(ready_r)
             os.close(hold_w)
             libc = _libc()
-            if libc.unshare(CLONE_NEWNET | CLONE_NEWNS) == 0:
+            if libc.unshare(CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWIPC) == 0:
                 _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount reaches the host
                 _expose(libc, root, blocked)
                 for d in READ_ONLY_SHARED:
-                    if os.path.isdir(d):
+                    if os.path.isdir(d) and not os.path.islink(d):
                         _mount(libc, d, d, None, MS_BIND | MS_REC)
                         _mount(libc, None, d, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
                 _mount(libc, root, root, None, MS_BIND)  # a bind of the now read-only /tmp...
@@ -111,7 +112,7 @@ def prepare_namespaces(root: str, blocked: dict[str, set[str]]) -> tuple[int, in
     ok = os.read(ready_r, 1) == b"1"
     fds = None
     if ok:
-        fds = (os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY), os.open(f"/proc/{pid}/ns/net", os.O_RDONLY))
+        fds = tuple(os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY) for ns in ("mnt", "net", "ipc"))
     os.close(hold_w)
     os.close(ready_r)
     os.waitpid(pid, 0)
@@ -136,12 +137,12 @@ def _expose(libc, stage_root: str, blocked: dict[str, set[str]]) -> None:
             os.rmdir(stage)
 
 
-def _isolate(uid: int | None, namespaces: tuple[int, int] | None) -> bool:
+def _isolate(uid: int | None, namespaces: tuple[int, ...] | None) -> bool:
     """Join the prepared namespaces and drop to the sandbox uid; False where that is not possible."""
     if uid is None or namespaces is None:
         return False
     libc = _libc()
-    for fd, kind in zip(namespaces, (CLONE_NEWNS, CLONE_NEWNET)):
+    for fd, kind in zip(namespaces, (CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWIPC)):
         if libc.setns(fd, kind) != 0:
             raise OSError(ctypes.get_errno(), "setns")
     os.setgroups([])
@@ -165,7 +166,7 @@ def _limit(request: dict, uid: int | None) -> None:
 
 
 def _child(request: dict, workdir: str, out_w: int, err_w: int, status_w: int, uid: int | None, nonce: bytes,
-           namespaces: tuple[int, int] | None):
+           namespaces: tuple[int, ...] | None):
     try:
         os.setsid()
         os.chdir(workdir)
@@ -176,16 +177,15 @@ def _child(request: dict, workdir: str, out_w: int, err_w: int, status_w: int, u
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
         os.dup2(status_w, 3)
-        if namespaces is not None:  # keep the namespace fds (at 4 and 5) until we joined them
+        if namespaces is not None:  # keep the namespace fds (at 4, 5, 6) until we joined them
             high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 300) for fd in namespaces]
-            namespaces = (os.dup2(high[0], 4), os.dup2(high[1], 5))
-        os.closerange(6 if namespaces is not None else 4, 1 << 16)
+            namespaces = tuple(os.dup2(fd, 4 + i) for i, fd in enumerate(high))
+        os.closerange(4 + len(namespaces or ()), 1 << 16)
         os.environ.clear()
         os.environ.update({"HOME": workdir, "TMPDIR": workdir, "PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg"})
         isolated = _isolate(uid, namespaces)
-        if namespaces is not None:
-            os.close(4)
-            os.close(5)
+        for fd in namespaces or ():
+            os.close(fd)
         os.chdir(workdir)  # resolve it again inside the mount namespace
         _limit(request, uid if isolated else None)
         sys.stdin = open(os.devnull)
@@ -196,13 +196,18 @@ def _child(request: dict, workdir: str, out_w: int, err_w: int, status_w: int, u
     except BaseException:
         os._exit(97)
     scope = {"__name__": "__main__", "__builtins__": builtins}
-    write, exit_now = os.write, os._exit  # the program may replace the os module's functions
+    # Bound before the program runs: it may replace os.write, builtins.exec or builtins.compile.
+    write, exit_now, run = os.write, os._exit, exec
+    code_mark, test_mark = b"C" + nonce, b"T" + nonce
+    del nonce
     code = 1
     try:
-        exec(compile(request["code"], "<code>", "exec"), scope)
-        write(3, b"C" + nonce)
-        exec(compile(request["test"], "<test>", "exec"), scope)
-        write(3, b"T" + nonce)
+        compiled_code = compile(request["code"], "<code>", "exec")
+        compiled_test = compile(request["test"], "<test>", "exec")
+        run(compiled_code, scope)
+        write(3, code_mark)
+        run(compiled_test, scope)
+        write(3, test_mark)
         code = 0
     except SystemExit as exc:  # exiting early is never a pass: the sentinel was not reached
         code = exc.code if isinstance(exc.code, int) and exc.code else 1
@@ -227,72 +232,95 @@ def _kill_uid(uid: int) -> None:
         for entry in os.scandir("/proc"):
             if entry.name.isdigit():
                 try:
-                    if entry.stat().st_uid != uid:
-                        continue
-                    with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                        if fh.read().rsplit(b")", 1)[1].split()[0] == b"Z":
-                            continue  # already dead, waiting to be reaped
+                    # /proc/<pid> itself may show root (PR_SET_DUMPABLE=0): read the real uid.
+                    with open(f"/proc/{entry.name}/status", "rb") as fh:
+                        fields = dict(line.split(b":", 1) for line in fh.read().splitlines() if b":" in line)
+                    if int(fields[b"Uid"].split()[0]) != uid or fields[b"State"].split()[0] == b"Z":
+                        continue  # another user's, or already dead and waiting to be reaped
                     os.kill(int(entry.name), signal.SIGKILL)
                     found = True
-                except (FileNotFoundError, ProcessLookupError, IndexError):
+                except (FileNotFoundError, ProcessLookupError, KeyError, IndexError, ValueError):
                     pass
         if not found:
             return
 
 
-def run_program(request: dict, uid: int | None, namespaces: tuple[int, int] | None, root: str) -> dict:
+def run_program(request: dict, uid: int | None, namespaces: tuple[int, ...] | None, root: str) -> dict:
     start = time.monotonic()
+    isolated = uid is not None and namespaces is not None
     workdir = tempfile.mkdtemp(prefix="p-", dir=root)
-    if uid is not None and namespaces is not None:
-        os.chown(workdir, uid, uid)
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    status_r, status_w = os.pipe()
+    pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, status
+    (out_r, out_w), (err_r, err_w), (status_r, status_w) = pipes
     nonce = os.urandom(8).hex().encode()
-    sys.stdout.flush()
-    pid = os.fork()
-    if pid == 0:
-        _child(request, workdir, out_w, err_w, status_w, uid, nonce, namespaces)
-    for fd in (out_w, err_w, status_w):
-        os.close(fd)
-    pidfd = os.pidfd_open(pid)
+    pid, pidfd, wstatus = None, None, None
     buffers = {out_r: bytearray(), err_r: bytearray(), status_r: bytearray()}
     dropped = {out_r: 0, err_r: 0, status_r: 0}
-    open_fds = set(buffers)
-    deadline = start + float(request["timeout_s"])
-    timed_out, exited_at = False, None
-    while open_fds or exited_at is None:
-        now = time.monotonic()
-        if exited_at is None and now >= deadline:
-            timed_out = True
-            break
-        if exited_at is not None and now - exited_at > DRAIN_S:
-            break  # leftovers (killed below) are keeping the pipes busy
-        wait = deadline - now if exited_at is None else 0.05
-        ready, _, _ = select.select(list(open_fds) + ([] if exited_at is not None else [pidfd]), [], [], wait)
-        if exited_at is not None and not ready:
-            break
-        for fd in ready:
-            if fd == pidfd:
-                exited_at = time.monotonic()
-                continue
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                open_fds.discard(fd)
-                continue
-            room = OUTPUT_CAP - len(buffers[fd])
-            buffers[fd] += chunk[:max(room, 0)]
-            dropped[fd] += max(len(chunk) - max(room, 0), 0)
+    timed_out = False
     try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    _, wstatus = os.waitpid(pid, 0)
-    if uid is not None and namespaces is not None:
-        _kill_uid(uid)
-    for fd in (out_r, err_r, status_r, pidfd):
-        os.close(fd)
-    shutil.rmtree(workdir, ignore_errors=True)
+        if isolated:
+            os.chown(workdir, uid, uid)
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:
+            _child(request, workdir, out_w, err_w, status_w, uid, nonce, namespaces)
+        for fd in (out_w, err_w, status_w):
+            os.close(fd)
+        pipes = [(r, None) for r, _ in pipes]
+        # pidfd (Python >= 3.9) wakes us when the child exits; else poll waitpid every 10 ms
+        pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
+        poller = select.poll()  # poll, not select: descriptors may be >= 1024
+        for fd in list(buffers) + ([pidfd] if pidfd is not None else []):
+            poller.register(fd, select.POLLIN)
+        open_fds = set(buffers)
+        deadline = start + float(request["timeout_s"])
+        exited_at = None
+        while open_fds or exited_at is None:
+            now = time.monotonic()
+            if exited_at is None and now >= deadline:
+                timed_out = True
+                break
+            if exited_at is not None and now - exited_at > DRAIN_S:
+                break  # leftovers (killed below) are keeping the pipes busy
+            wait = deadline - now if exited_at is None else 0.05
+            if pidfd is None and exited_at is None:
+                wait = min(wait, 0.01)
+            events = poller.poll(max(wait, 0) * 1000)
+            if pidfd is None and exited_at is None:
+                done, wstatus_now = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    wstatus, exited_at = wstatus_now, time.monotonic()
+            if exited_at is not None and not events:
+                break
+            for fd, _ in events:
+                if fd == pidfd:
+                    exited_at = time.monotonic()
+                    poller.unregister(fd)
+                    continue
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    open_fds.discard(fd)
+                    poller.unregister(fd)
+                    continue
+                room = max(OUTPUT_CAP - len(buffers[fd]), 0)
+                buffers[fd] += chunk[:room]
+                dropped[fd] += max(len(chunk) - room, 0)
+    finally:  # whatever happened above: no child, descriptor or directory outlives the program
+        if pid:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            if wstatus is None:
+                _, wstatus = os.waitpid(pid, 0)
+            if isolated:
+                _kill_uid(uid)
+        for r, w in pipes:
+            for fd in (r, w):
+                if fd is not None:
+                    os.close(fd)
+        if pidfd is not None:
+            os.close(pidfd)
+        shutil.rmtree(workdir, ignore_errors=True)
     marks = bytes(buffers[status_r])
     code_ok = (b"C" + nonce) in marks
     tests_done = (b"T" + nonce) in marks
@@ -314,10 +342,15 @@ def run_program(request: dict, uid: int | None, namespaces: tuple[int, int] | No
     }
 
 
-def _probe_isolation(uid: int | None, namespaces: tuple[int, int] | None, root: str) -> str:
-    """Run one program to learn which isolation this machine allows: "full" or "basic"."""
-    reply = run_program({"code": "import os, socket\nassert os.getuid() != 0", "test": "", "timeout_s": 30,
-                         "cpu_s": 30, "memory_mb": 1024, "file_mb": 1, "max_procs": 64}, uid, namespaces, root)
+def _probe_isolation(uid: int | None, namespaces: tuple[int, ...] | None, root: str) -> str:
+    """"full" when a program really runs as the sandbox uid without a network, else "basic"."""
+    if uid is None or namespaces is None:
+        return "basic"
+    probe = (f"import os, socket\nassert os.getuid() == {uid}\ntry:\n"
+             "    socket.create_connection(('127.0.0.1', 9), timeout=1)\nexcept OSError as e:\n"
+             "    assert e.errno == 101, e\nelse:\n    raise AssertionError('network reachable')")
+    reply = run_program({"code": probe, "test": "", "timeout_s": 30, "cpu_s": 30, "memory_mb": 1024,
+                         "file_mb": 1, "max_procs": 64}, uid, namespaces, root)
     return "full" if reply["status"] == "passed" else "basic"
 
 

@@ -99,7 +99,8 @@ def run_experiment(
 
     start_ray(spec, address)
     pool = SandboxPool.start(
-        size=spec.eval.pool_size, preload=spec.eval.preload, limits=Limits(memory_mb=spec.eval.memory_mb)
+        size=spec.eval.pool_size, preload=spec.eval.preload, limits=Limits(memory_mb=spec.eval.memory_mb),
+        name=f"sandbox-{run_dir.name}",
     )
     record_refs = {name: ray.put(recs) for name, recs in records.items()}
     eval_task = ray.remote(num_cpus=1, max_retries=0)(_eval_task)
@@ -129,11 +130,11 @@ def run_experiment(
                 busy = ", ".join(f"{jid} {last_status - started_at[jid]:.0f}s" for jid in running.values())
                 done = sum(s["done"] for s in pool.stats())
                 echo(f"[{finished}/{total}] running: {busy}; programs executed: {done}")
-    except KeyboardInterrupt:
+    finally:  # Ctrl-C or any error: nothing stays "running", nothing keeps computing
         for ref, jid in running.items():
             ray.cancel(ref, force=True)
             manifest.update(jid, "pending", interrupted=True)
-        raise
+        pool.close()
     return manifest
 
 

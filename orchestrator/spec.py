@@ -18,7 +18,8 @@ from data.registry import DATASETS, resolve_path
 from jobs.registry import METHODS, method_module
 from jobs.sandbox import DEFAULT_PRELOAD
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # names become file names: keep them plain
+# Names become file names and job ids ("<method>__<dataset>"): plain, and no "__".
+NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.-]|_[A-Za-z0-9.-])*_?$"
 
 
 class SpecError(ValueError):
@@ -92,10 +93,11 @@ class MethodSpec(BaseModel):
 
 
 class EvalSpec(_Strict):
-    timeout_s: PositiveFloat = 10.0  # wall clock per program
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    timeout_s: float = Field(10.0, gt=0, le=24 * 3600)  # wall clock per program
     with_update: bool = True  # CodeUpdateArena: install the simulated update
     k: list[PositiveInt] = Field(default_factory=lambda: [1])  # pass@k reported where samples allow
-    memory_mb: PositiveInt = 4096  # per program, on top of the preloaded sandbox
+    memory_mb: int = Field(4096, ge=64, le=1 << 20)  # per program, on top of the preloaded sandbox
     preload: list[str] = Field(default_factory=lambda: list(DEFAULT_PRELOAD))  # imported once per sandbox
     pool_size: PositiveInt | None = None  # sandbox actors; None = one per cluster CPU
     python_substitution: bool = True  # GitChameleon: run under this Python when the pinned one is missing
@@ -158,10 +160,12 @@ def load_spec(path: str | Path) -> ExperimentSpec:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(f"{path}: spec file not found") from None
-    except (IsADirectoryError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: cannot read spec ({type(exc).__name__})") from None
     try:
         data = yaml.safe_load(text)
+    except ValueError as exc:  # a YAML scalar that does not convert, e.g. the date 2001-02-30
+        raise SpecError(f"{path}: invalid YAML value: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -171,4 +175,9 @@ def load_spec(path: str | Path) -> ExperimentSpec:
 
 
 def dump_spec(spec: ExperimentSpec) -> str:
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    """The spec as run, with dataset paths made absolute so ``--resume`` works from anywhere."""
+    data = spec.model_dump(mode="json")
+    for ds, entry in zip(spec.datasets, data["datasets"]):
+        if entry.get("path") is not None:
+            entry["path"] = str(ds.resolved_path.resolve())
+    return yaml.safe_dump(data, sort_keys=False)

@@ -22,6 +22,7 @@ KNOWN_BAD = {
     "[sympy.diff]:[add-argument]:[update-0]:[prog_syn-1]",
     "[itertools.product]:[modify-function-name]:[update-0]:[prog_syn-0]",
     "[torch.Tensor.view]:[add-argument]:[update-0]:[prog_syn-1]",
+    "[torch.Tensor.view]:[add-argument]:[update-0]:[prog_syn-4]",
     "[torch.bmm]:[add-argument]:[update-0]:[prog_syn-1]",
     "[torch.bmm]:[modify-output-semantics]:[update-1]:[prog_syn-7]",
 }

@@ -116,3 +116,33 @@ def test_codeupdatearena_random_update_control(shared_data):
         assert b.meta["true_update"] == a.update.old_api and b.update == c.update  # deterministic
     with pytest.raises(ValueError, match="unknown control"):
         load_codeupdatearena(path, limit=3, control="nope")
+
+
+def test_unit_tests_without_test_functions_are_rejected(tmp_path):
+    row = {"update": {"implementation": "def f():\n    pass\n", "function_path": "math.f", "update_type": "add-function",
+                      "update_id": "u"},
+           "prog_syn_examples": [{"unit_tests": "def check():\n    assert False\n", "ref_solution": "x = 1",
+                                  "prog_syn_id": "p", "problem": "q"}]}
+    path = tmp_path / "cua.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataFormatError, match="defines no test function"):
+        load_codeupdatearena(path)
+
+
+def test_async_unit_tests_are_awaited():
+    [snippet] = split_unit_tests("async def test_a():\n    assert False\n")
+    assert "asyncio.run(test_a())" in snippet
+
+
+def test_gitchameleon_unittest_main_runs_in_place():
+    from data.gitchameleon import runnable_test
+
+    src = "import unittest\nclass T(unittest.TestCase):\n    def test_x(self):\n        self.assertEqual(1, {})\n" \
+          "if __name__ == '__main__':\n    unittest.main()\n"
+    for value, should_pass in (("1", True), ("2", False)):
+        scope = {"__name__": "__main__"}
+        if should_pass:
+            exec(runnable_test(src.format(value)), scope)
+        else:
+            with pytest.raises(AssertionError, match="1 failures"):
+                exec(runnable_test(src.format(value)), scope)

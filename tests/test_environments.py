@@ -106,8 +106,10 @@ def test_gitchameleon_problems_share_envs(shared_data):
     if not path.exists():
         (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)(f"{path} not found: see ../shared/data/README.md")
     records = load_dataset("gitchameleon", path)
-    keys = {spec_for(r, allow_python_substitution=True).key for r in records}
+    specs = [spec_for(r, allow_python_substitution=True) for r in records]
+    keys = {spec.key for spec in specs}
     assert len(records) > 200 and 1 < len(keys) < len(records) / 2
+    assert {spec.exclude_newer for spec in specs} == {envs.DATASET_AS_OF["gitchameleon"]}
 
 
 @pytest.mark.slow

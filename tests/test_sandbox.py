@@ -119,6 +119,14 @@ def cases(outside: Path, port: int) -> dict[str, tuple]:
                                  "assert True", "passed", False),
         "thread-exits-early": ("import os, threading, time\nthreading.Thread(target=lambda: os._exit(0)).start()\n"
                                "time.sleep(1)", "assert False", "failed", False),
+        "patch-exec-compile": ("import builtins\nbuiltins.exec = lambda *a, **k: None\n"
+                               "builtins.compile = lambda *a, **k: compile('pass', '<x>', 'exec')",
+                               "assert False", "failed", False),
+        "write-run-lock": ("open('/run/lock/apimig-x', 'w').write('x')", "", "failed", True),
+        "undumpable-daemon": (
+            "import ctypes, os, time\nif os.fork() == 0:\n    os.setsid()\n"
+            "    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)\n    time.sleep(3600)\n    os._exit(0)",
+            "assert True", "passed", True),
         "patch-builtins": ("import builtins\nbuiltins.len = lambda x: 42\nbuiltins.print = None",
                            "assert len([]) == 42", "passed", False),
         "patch-math": ("import math\nmath.sin = lambda x: 'patched'", "assert math.sin(0) == 'patched'", "passed", False),
@@ -153,6 +161,18 @@ def test_hostile_programs(sandbox, outside, listener):
     assert not hits, "a program reached a socket on the host"
     time.sleep(2)  # the escaped daemon would have written by now
     assert not list(Path("/tmp").glob(f"{MARK}*"))
+    assert not Path("/run/lock/apimig-x").exists()
+    if full:  # nothing left running under a sandbox uid (daemons, fork-bomb survivors)
+        uids = {s.uid for slot in sandbox.servers for s in slot.servers.values()}
+        left = []
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+            except OSError:
+                continue
+            if int(fields["Uid"].split()[0]) in uids and fields["State"].split()[0] != "Z":
+                left.append(status.parent.name)
+        assert not left, left
 
     # The sandbox keeps serving, and every program starts pristine.
     after = sandbox.run(

@@ -50,6 +50,10 @@ BAD_SPECS = {
     "model-dtype": (GOOD + "model: {name: tiny, dtype: float8}\n", ["model.dtype"]),
     "control-on-wrong-kind": (GOOD.replace("{name: migrations}", "{name: migrations, control: random_update}"),
                               ["datasets[0].control", "only codeupdatearena"]),
+    "double-underscore-name": (GOOD.replace("{name: reference,", "{name: a__b,"), ["methods[0].name", "pattern"]),
+    "timeout-infinite": (GOOD + "eval: {timeout_s: .inf}\n", ["eval.timeout_s"]),
+    "memory-absurd": (GOOD + "eval: {memory_mb: 99999999999999}\n", ["eval.memory_mb"]),
+    "impossible-date": (GOOD + "seed: 2001-02-30\n", ["invalid YAML value"]),
     "datasets-not-list": ("name: t\ndatasets: migrations\nmethods: [{name: r, kind: reference}]\n", ["datasets"]),
 }
 
