@@ -27,18 +27,6 @@ sys.path.insert(0, str(ROOT))
 FEASIBLE = {"A", "A?", "A*"}
 
 
-# A test ending in ``unittest.main()`` expects to be the script: under the executor it finds no tests in
-# ``sys.modules["__main__"]`` and exits, which counts as a failure. Run its TestCases in place instead.
-_UNITTEST_MAIN = re.compile(r"^([ \t]*)unittest\.main\(\)[ \t]*$", re.M)
-_IN_PLACE = ("{i}import types as _types\n{i}_module = _types.ModuleType('test'); _module.__dict__.update(globals())\n"
-             "{i}_result = unittest.main(module=_module, argv=['test'], exit=False).result\n"
-             "{i}assert _result.testsRun and _result.wasSuccessful()")
-
-
-def runnable_test(test: str) -> str:
-    return _UNITTEST_MAIN.sub(lambda m: _IN_PLACE.format(i=m.group(1)), test)
-
-
 def _last_line(text: str) -> str:
     """The exception line of a traceback (with the next line when its message is empty, as nltk's are)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # colour codes (nltk's messages have them)
@@ -67,7 +55,6 @@ def main(argv: list[str] | None = None) -> int:
                     "(default: jobs.environments.DATASET_AS_OF['gitchameleon']; 'none': newest releases)")
     ap.add_argument("--torch", action="store_true", help="build torch envs too (APIMIG_ALLOW_TORCH_ENVS=1, ~2-4 GB each)")
     ap.add_argument("--all-failures", action="store_true", help="list failing problems of every class")
-    ap.add_argument("--raw-tests", action="store_true", help="run tests as given (no unittest.main() adaptation)")
     ap.add_argument("--serial", action="store_true", help="build envs one by one, without Ray")
     ap.add_argument("--parallelism", type=int, default=2, help="programs run at once")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per program")
@@ -119,15 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.monotonic()
 
     def run_reference(r):
-        test = r.tests[0] if args.raw_tests else runnable_test(r.tests[0])
+        test = r.tests[0]  # the loader already runs `unittest.main()` suites in place
         [res] = SubprocessExecutor(python=env_of[r.id].python_path).run([Program(r.code_for(r.reference), test)], args.timeout)
         return r.id, res
 
     with ThreadPoolExecutor(args.parallelism) as pool:  # every env's programs share the pool
         results = dict(pool.map(run_reference, [r for r in todo if env_of[r.id].ready]))
-    adapted = sum(1 for r in todo if r.id in results and runnable_test(r.tests[0]) != r.tests[0])
-    print(f"\nran {len(results)} reference programs in {time.monotonic() - t1:.0f}s"
-          + ("" if args.raw_tests else f" ({adapted} tests ending in unittest.main() run in place)"))
+    print(f"\nran {len(results)} reference programs in {time.monotonic() - t1:.0f}s")
 
     def report(name: str, recs: list) -> list:
         passed = sum(1 for r in recs if r.id in results and results[r.id].passed)

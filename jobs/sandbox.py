@@ -31,7 +31,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BASE_PRELOAD = (
     "typing", "math", "cmath", "re", "itertools", "functools", "collections", "random", "decimal", "fractions",
     "string", "operator", "statistics", "json", "datetime", "copy", "heapq", "bisect", "dataclasses", "enum",
-    "unittest", "warnings", "numbers", "io", "textwrap", "numpy",
+    "unittest", "warnings", "numbers", "io", "textwrap",
+    # numpy loads these lazily; programs use them often (np.testing, np.random), so every child
+    # would import them again
+    "numpy", "numpy.random", "numpy.testing", "numpy.linalg", "numpy.fft", "numpy.ma", "numpy.polynomial",
 )
 # Heavy modules: a program that imports one runs on a server that preloaded it. Forking a
 # process costs time in proportion to its memory, so they are not all loaded everywhere.

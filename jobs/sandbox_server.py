@@ -376,6 +376,10 @@ def serve(preload: list[str], uid: int | None) -> None:
             loaded.append(name)
         except Exception:  # a library the benchmark may not need on this interpreter
             pass
+    if "torch" in sys.modules:  # one thread (children are one process per program) and a first op,
+        torch = sys.modules["torch"]  # so that lazy initialisation is paid once here, not per child
+        torch.set_num_threads(1)
+        (torch.ones(2, 2) @ torch.ones(2, 2)).sum().item()
     import gc
 
     gc.freeze()  # keep preloaded objects out of GC scans: fewer copy-on-write page faults per fork
