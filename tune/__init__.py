@@ -1,0 +1,1 @@
+"""Hyper-parameter search: search spaces, schedulers and divergence stoppers (Ray Tune + Optuna)."""
