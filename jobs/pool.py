@@ -22,21 +22,21 @@ IN_FLIGHT = 2  # calls queued per actor, so an actor never waits for the driver 
 
 class SandboxActor:
     def __init__(self, preload: Sequence[str] = DEFAULT_PRELOAD, limits: Limits = Limits()):
-        self.server = Sandbox(preload=preload)
-        self.isolation = self.server.isolation  # starts the bare server now; the others on first use
+        self.sandbox = Sandbox(preload=preload)
+        self.isolation = self.sandbox.isolation  # starts the bare server now; the others on first use
         self.limits = limits
         self.done = 0
         self.passed = 0
 
     def run(self, programs: list[Program], timeout_s: float) -> list[ExecResult]:
-        results = [self.server.run(p, timeout_s, self.limits) for p in programs]
+        results = [self.sandbox.run(p, timeout_s, self.limits) for p in programs]
         self.done += len(results)
         self.passed += sum(r.passed for r in results)
         return results
 
     def warm(self, profiles: list) -> int:
-        self.server.warm(profiles)
-        return len(self.server.servers)
+        self.sandbox.warm(profiles)
+        return len(self.sandbox.servers)
 
     @ray.method(concurrency_group="status")
     def stats(self) -> dict[str, int | str]:

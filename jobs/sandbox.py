@@ -230,30 +230,30 @@ class SandboxExecutor:
         limits: Limits = Limits(),
     ):
         self.limits = limits
-        self.servers = [Sandbox(python, preload) for _ in range(max(1, parallelism))]
+        self.slots = [Sandbox(python, preload) for _ in range(max(1, parallelism))]
 
     def run(
         self, programs: Sequence[Program], timeout_s: float, progress: Callable[[int], None] | None = None
     ) -> list[ExecResult]:
         idle: queue.Queue[Sandbox] = queue.Queue()
-        for s in self.servers:
-            idle.put(s)
+        for slot in self.slots:
+            idle.put(slot)
 
         def one(program: Program) -> ExecResult:
-            server = idle.get()
+            slot = idle.get()
             try:
-                return server.run(program, timeout_s, self.limits)
+                return slot.run(program, timeout_s, self.limits)
             finally:
-                idle.put(server)
+                idle.put(slot)
                 if progress:
                     progress(1)
 
-        with ThreadPoolExecutor(len(self.servers)) as pool:
+        with ThreadPoolExecutor(len(self.slots)) as pool:
             return list(pool.map(one, programs))
 
     def close(self) -> None:
-        for s in self.servers:
-            s.close()
+        for slot in self.slots:
+            slot.close()
 
     def __enter__(self) -> "SandboxExecutor":
         return self

@@ -138,7 +138,7 @@ def cases(outside: Path, port: int) -> dict[str, tuple]:
 def test_hostile_programs(sandbox, outside, listener):
     port, hits = listener
     table = cases(outside, port)
-    full = all(s.isolation == "full" for s in sandbox.servers)  # noqa: SIM
+    full = all(s.isolation == "full" for s in sandbox.slots)  # noqa: SIM
     if os.geteuid() == 0:
         assert full, "as root the sandbox must get namespaces and a private uid"
     names = [n for n, c in table.items() if full or not c[3]]
@@ -163,7 +163,7 @@ def test_hostile_programs(sandbox, outside, listener):
     assert not list(Path("/tmp").glob(f"{MARK}*"))
     assert not Path("/run/lock/apimig-x").exists()
     if full:  # nothing left running under a sandbox uid (daemons, fork-bomb survivors)
-        uids = {s.uid for slot in sandbox.servers for s in slot.servers.values()}
+        uids = {s.uid for slot in sandbox.slots for s in slot.servers.values()}
         left = []
         for status in Path("/proc").glob("[0-9]*/status"):
             try:
