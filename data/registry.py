@@ -51,8 +51,12 @@ def resolve_path(kind: str, path: str | Path | None) -> Path | None:
 
 
 def load_dataset(
-    kind: str, path: str | Path | None = None, limit: int | None = None, control: str | None = None
+    kind: str, path: str | Path | None = None, limit: int | None = None, control: str | None = None,
+    split: str | None = None,
 ) -> list[TaskRecord]:
+    extra = {}
     if control is not None:  # only CodeUpdateArena defines a control condition (its SPass)
-        return DATASETS[kind].load(resolve_path(kind, path), limit, control=control)
-    return DATASETS[kind].load(resolve_path(kind, path), limit)
+        extra["control"] = control
+    if split is not None:  # only the built-in migrations have splits
+        extra["split"] = split
+    return DATASETS[kind].load(resolve_path(kind, path), limit, **extra)

@@ -52,6 +52,8 @@ class JobResult:
     rows: list[dict[str, Any]]
     metrics: dict[str, float | int | None]
     timings: dict[str, float] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # the method's artifacts (see MethodOutput.files)
+    diverged: str | None = None  # see MethodOutput.diverged
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -207,4 +209,5 @@ def run_eval_job(
     if output.train_time_s is not None:
         summary["train_time_s"] = output.train_time_s
     summary.update(output.metrics)
-    return JobResult(rows, summary, {"predict_s": t1 - t0, "eval_s": t2 - t1})  # eval_s includes env builds
+    return JobResult(rows, summary, {"predict_s": t1 - t0, "eval_s": t2 - t1}, dict(output.files),
+                     output.diverged)  # eval_s includes env builds

@@ -39,6 +39,12 @@ class MethodOutput:
     codes: list[str | None]  # one per record; None = the method has no answer for it
     train_time_s: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # method-specific extras
+    # Artifacts a method made (rule library, generated dataset, adapter manifest): relative path -> text.
+    # The driver writes them atomically under <run>/outputs/<job id>/, since only it writes the run dir.
+    files: dict[str, str] = field(default_factory=dict)
+    # Training stopped because loss/gradients went non-finite or generations degenerated: a one-line
+    # diagnosis. The job is then recorded as "diverged" (its predictions, if any, are still evaluated).
+    diverged: str | None = None
 
 
 def method_module(kind: str) -> ModuleType:

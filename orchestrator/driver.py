@@ -73,7 +73,7 @@ def _load_records(spec: ExperimentSpec) -> dict[str, list]:
     out = {}
     for ds in spec.datasets:
         try:
-            out[ds.name] = load_dataset(ds.kind, ds.path, ds.limit, ds.control)
+            out[ds.name] = load_dataset(ds.kind, ds.path, ds.limit, ds.control, ds.split)
         except (OSError, ValueError) as exc:
             raise DataError(f"datasets '{ds.name}': {exc}") from None
     return out
@@ -171,12 +171,33 @@ def _finish(ref, job: PlannedJob, run_dir: Path, manifest: Manifest, echo, count
         manifest.update(job.id, "failed", error=message)
         echo(f"{counter} FAILED   {job.method.name} x {job.dataset.name}: {message}")
         return
+    try:
+        write_outputs(run_dir / "outputs" / job.id, result.files)
+    except ValueError as exc:
+        manifest.update(job.id, "failed", error=str(exc))
+        echo(f"{counter} FAILED   {job.method.name} x {job.dataset.name}: {exc}")
+        return
     atomic_write_jsonl(run_dir / "predictions" / f"{job.id}.jsonl", result.rows)
     update_metrics(run_dir, job.method.name, job.dataset.name, result.metrics)
-    manifest.update(job.id, "done", timings={k: round(v, 3) for k, v in result.timings.items()})
+    timings = {k: round(v, 3) for k, v in result.timings.items()}
+    if result.diverged:
+        manifest.update(job.id, "diverged", timings=timings, error=f"diverged: {result.diverged}")
+        echo(f"{counter} DIVERGED {job.method.name} x {job.dataset.name}: {result.diverged}")
+        return
+    manifest.update(job.id, "done", timings=timings)
     p = result.metrics.get("pass@1")
     shown = f"pass@1={p:.3f}" if p is not None else "pass@1=n/a"
     echo(f"{counter} done     {job.method.name} x {job.dataset.name}  {shown}  n={result.metrics['n']}")
+
+
+def write_outputs(out_dir: Path, files: dict[str, str]) -> None:
+    """A method's artifacts, each written atomically; names may not leave ``out_dir``."""
+    root = out_dir.resolve()
+    for rel, text in files.items():
+        target = (root / rel).resolve()
+        if not target.is_relative_to(root) or target == root:
+            raise ValueError(f"method artifact path escapes its directory: {rel!r}")
+        atomic_write_text(target, text)
 
 
 def update_metrics(run_dir: Path, method: str, dataset: str, values: dict) -> None:

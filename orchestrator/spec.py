@@ -43,6 +43,9 @@ class DatasetSpec(_Strict):
     limit: PositiveInt | None = None
     # CodeUpdateArena's specificity condition: methods are shown an unrelated update (SPass)
     control: Literal["random_update"] | None = None
+    # Built-in migrations: "train" = each case's first code variant (what rule miners and trainers may
+    # see), "test" = its other variants (held out); None = all.
+    split: Literal["train", "test"] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "DatasetSpec":
@@ -52,6 +55,8 @@ class DatasetSpec(_Strict):
             raise ValueError(f"kind: unknown dataset kind '{self.kind}' (known: {', '.join(sorted(DATASETS))})")
         if self.control is not None and self.kind != "codeupdatearena":
             raise ValueError(f"control: only codeupdatearena has a control condition, not '{self.kind}'")
+        if self.split is not None and self.kind != "migrations":
+            raise ValueError(f"split: only the built-in migrations have train/test splits, not '{self.kind}'")
         if DATASETS[self.kind].requires_path and self.path is None:
             raise ValueError(f"path: dataset kind '{self.kind}' needs a path")
         path = self.resolved_path

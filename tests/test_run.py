@@ -114,3 +114,13 @@ def test_ctrl_c_then_resume_redoes_only_unfinished_jobs(in_repo, tmp_path):
 def test_resume_of_a_non_run_directory_is_a_clear_error(in_repo, tmp_path):
     proc = _cli("run", "--resume", str(tmp_path), cwd=in_repo, timeout=60)
     assert proc.returncode == 2 and "not a run directory" in proc.stderr
+
+
+def test_method_outputs_are_written_inside_the_job_directory(tmp_path):
+    from orchestrator.driver import write_outputs
+
+    write_outputs(tmp_path / "outputs" / "m__d", {"rules.json": "{}", "sets/train.jsonl": "x\n"})
+    assert (tmp_path / "outputs" / "m__d" / "sets" / "train.jsonl").read_text() == "x\n"
+    with pytest.raises(ValueError, match="escapes"):
+        write_outputs(tmp_path / "outputs" / "m__d", {"../../evil.txt": "x"})
+    assert not (tmp_path / "evil.txt").exists()

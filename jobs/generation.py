@@ -1,0 +1,64 @@
+"""Batched text generation with a local transformers model (the ``hf`` inference path).
+
+One function, :func:`generate`, used by the prompting method, by the
+fine-tuning methods to answer after training and by the editors' free-generation
+metrics. Prompts are chat messages rendered with the tokenizer's chat template.
+Non-finite logits (a known failure of fp16 models) are replaced before sampling
+(transformers' ``remove_invalid_values``), so sampling never crashes the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    num_samples: int = 1
+    batch_size: int = 8
+    seed: int = 0
+
+
+def render(tokenizer, messages: Sequence[dict]) -> str:
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+
+def generate(model, tokenizer, chats: Sequence[Sequence[dict]], settings: GenerationSettings = GenerationSettings()
+             ) -> list[list[str]]:
+    """``num_samples`` completions (decoded, prompt removed) for each chat, in order."""
+    import torch
+
+    texts = [render(tokenizer, chat) for chat in chats]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
+    sample = settings.temperature > 0
+    out: list[list[str]] = []
+    model.eval()
+    try:
+        for start in range(0, len(texts), settings.batch_size):
+            batch = tokenizer(texts[start:start + settings.batch_size], return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(model.device)
+            torch.manual_seed(settings.seed + start)
+            with torch.no_grad():
+                ids = model.generate(
+                    **batch,
+                    max_new_tokens=settings.max_new_tokens,
+                    do_sample=sample,
+                    temperature=settings.temperature if sample else None,
+                    top_p=settings.top_p if sample else None,
+                    top_k=None,
+                    num_return_sequences=settings.num_samples,
+                    remove_invalid_values=True,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            new = ids[:, batch["input_ids"].shape[1]:]
+            decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
+            n = settings.num_samples
+            out += [decoded[i:i + n] for i in range(0, len(decoded), n)]
+    finally:
+        tokenizer.padding_side = side
+    return out
