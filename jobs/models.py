@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def model_path(model: dict[str, Any] | str) -> str:
 def tiny_model_dir(root: Path | None = None) -> Path:
     """The tiny model's directory, built once per recipe (a file lock serialises concurrent builders)."""
     root = root or cache_root()
-    key = hashlib.sha256(json.dumps(TINY_CONFIG, sort_keys=True).encode()).hexdigest()[:12]
+    key = _tiny_key()
     target = root / f"tiny-{key}"
     if (target / "config.json").exists():
         return target
@@ -71,27 +72,34 @@ def tiny_model_dir(root: Path | None = None) -> Path:
         if not (target / "config.json").exists():
             tmp = Path(tempfile.mkdtemp(prefix=f".tiny-{key}-", dir=root))
             try:
-                _build_tiny(tmp)
+                _build_tiny(tmp, _tokenizer_corpus())
                 tmp.rename(target)  # atomic: readers see a whole model or none
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
+@cache
+def _tiny_key() -> str:
+    """The recipe and the tokenizer's training text: an edited corpus never reuses a stale build."""
+    recipe = json.dumps(TINY_CONFIG, sort_keys=True) + "\0".join(_tokenizer_corpus())
+    return hashlib.sha256(recipe.encode()).hexdigest()[:12]
+
+
 def _tokenizer_corpus() -> list[str]:
-    """Code the project ships (deterministic): the built-in migrations and HumanEval."""
+    """Code the project ships (deterministic): the built-in migrations' first variants and HumanEval."""
     from data.humaneval import load_humaneval
     from data.migrations import load_migrations
 
     texts = []
-    for rec in load_migrations():
+    for rec in load_migrations(split="train"):
         texts += [rec.prompt, rec.old_code or "", rec.reference or "", *rec.tests]
     for rec in load_humaneval():
         texts += [rec.prompt, rec.reference or ""]
     return [t for t in texts if t]
 
 
-def _build_tiny(out: Path) -> None:
+def _build_tiny(out: Path, corpus: list[str]) -> None:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -106,7 +114,7 @@ def _build_tiny(out: Path) -> None:
         vocab_size=cfg["vocab_size"], special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    bpe.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
+    bpe.train_from_iterator(corpus, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         additional_special_tokens=SPECIAL_TOKENS[1:], model_max_length=cfg["max_position_embeddings"],

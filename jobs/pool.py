@@ -8,11 +8,12 @@ already bounds how much they run at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import ray
 
+from jobs import telemetry
 from jobs.executor import ExecResult, Program
 from jobs.sandbox import DEFAULT_PRELOAD, Limits, Sandbox
 
@@ -30,8 +31,10 @@ class SandboxActor:
 
     def run(self, programs: list[Program], timeout_s: float) -> list[ExecResult]:
         results = [self.sandbox.run(p, timeout_s, self.limits) for p in programs]
+        passed = sum(r.passed for r in results)
         self.done += len(results)
-        self.passed += sum(r.passed for r in results)
+        self.passed += passed
+        telemetry.record_sandbox([r.duration_s for r in results], passed)
         return results
 
     def warm(self, profiles: list) -> int:
@@ -46,10 +49,14 @@ class SandboxActor:
 
 @dataclass
 class SandboxPool:
-    """An ``Executor`` backed by Ray actors; results come back in input order."""
+    """An ``Executor`` backed by Ray actors; results come back in input order.
+
+    ``labels`` (method, dataset) tag the eval metrics this pool records; see :meth:`for_job`.
+    """
 
     actors: list
     preload: tuple[str, ...] = DEFAULT_PRELOAD
+    labels: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def start(
@@ -63,6 +70,10 @@ class SandboxPool:
         ray.get([a.stats.remote() for a in actors])  # wait until every server is warm
         return cls(actors, tuple(preload))
 
+    def for_job(self, method: str, dataset: str) -> "SandboxPool":
+        """The same actors, recording programs done/passed under this job's method and dataset."""
+        return replace(self, labels={"method": method, "dataset": dataset})
+
     def run(
         self, programs: Sequence[Program], timeout_s: float, progress: Callable[[int], None] | None = None
     ) -> list[ExecResult]:
@@ -71,6 +82,7 @@ class SandboxPool:
         pending: dict = {}
         idle = [a for a in self.actors for _ in range(IN_FLIGHT)]
         next_chunk = 0
+        done = passed = 0
         while next_chunk < len(chunks) or pending:
             while idle and next_chunk < len(chunks):
                 actor = idle.pop()
@@ -85,6 +97,11 @@ class SandboxPool:
                     results[index] = [ExecResult("failed", False, None, 0.0, note="sandbox actor died")
                                       for _ in chunks[index]]
                 idle.append(actor)
+                chunk_passed = sum(r.passed for r in results[index])  # type: ignore[union-attr]
+                done, passed = done + len(chunks[index]), passed + chunk_passed
+                if self.labels:  # an eval job's pool; GRPO rewards show up in the sandbox metrics only
+                    telemetry.record_programs(len(chunks[index]), chunk_passed, total_done=done,
+                                              total_passed=passed, **self.labels)
                 if progress:
                     progress(len(chunks[index]))
         return [r for chunk in results for r in chunk]  # type: ignore[union-attr]

@@ -19,6 +19,14 @@ from pydantic import BaseModel, ConfigDict
 METHODS: dict[str, str] = {
     "reference": "jobs.reference",
     "old_api": "jobs.old_api",
+    "rules": "jobs.rules",
+    "prompt": "jobs.prompt",
+    "teacher": "jobs.teacher",
+    "sft": "jobs.sft",
+    "dpo": "jobs.dpo",
+    "grpo": "jobs.grpo",
+    "distill": "jobs.distill",
+    "edit": "jobs.edit",
 }
 
 
@@ -32,6 +40,7 @@ class MethodContext:
     work_dir: Path  # this job's scratch directory inside the run
     seed: int = 0
     use_gpu: bool = False
+    method: str = ""  # the method's name in the spec: tags metrics and names Ray tasks
 
 
 @dataclass

@@ -3,6 +3,8 @@
 A run lives in ``<artifacts>/<experiment>/<run-id>/``. The driver is the only
 writer of that directory (tasks return their results), so it works the same
 on a laptop and on a cluster whose workers share no filesystem with it.
+
+``<artifacts>`` may be a URI; see ``orchestrator.storage``.
 """
 
 from __future__ import annotations
@@ -10,23 +12,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import Callable
 
 from data.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from data.registry import load_dataset
+from jobs import telemetry
 from jobs.evaluate import EvalSettings, JobRequest, JobResult, run_eval_job
 from jobs.pool import SandboxPool
 from jobs.registry import MethodContext
 from jobs.sandbox import Limits
 from orchestrator.manifest import Manifest
 from orchestrator.plan import PlannedJob, plan_jobs
-from orchestrator.spec import ExperimentSpec, dump_spec, load_spec
+from orchestrator.spec import ExperimentSpec
+from orchestrator.storage import RunMirror
 
-DEFAULT_ARTIFACTS = "artifacts"
-ARTIFACTS_ENV = "APIMIG_ARTIFACTS"
 STATUS_EVERY_S = 15.0
 
 
@@ -34,35 +35,18 @@ class DataError(RuntimeError):
     """A dataset named by the spec could not be loaded (bad record, unreadable file)."""
 
 
-def artifacts_root(override: str | None = None) -> Path:
-    return Path(override or os.environ.get(ARTIFACTS_ENV) or DEFAULT_ARTIFACTS)
-
-
-def create_run(spec: ExperimentSpec, root: Path) -> Path:
-    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
-    run_dir = root / spec.name / run_id
-    run_dir.mkdir(parents=True)
-    atomic_write_text(run_dir / "spec.yaml", dump_spec(spec))
-    Manifest.create(run_dir, run_id, spec.name, [job.id for job in plan_jobs(spec)])
-    return run_dir
-
-
-def open_run(run_dir: Path) -> tuple[ExperimentSpec, Manifest]:
-    """Reload a run for ``--resume``: its own spec copy, its manifest."""
-    spec = load_spec(run_dir / "spec.yaml")
-    manifest = Manifest.load(run_dir)
-    manifest.ensure_jobs([job.id for job in plan_jobs(spec)])
-    return spec, manifest
-
-
-def start_ray(spec: ExperimentSpec, address: str | None) -> None:
+def start_ray(spec: ExperimentSpec, address: str | None, run_id: str = "") -> None:
     """Join a cluster (``--address`` or ``RAY_ADDRESS``) or start a local Ray instance."""
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs = {"logging_level": logging.WARNING, "namespace": "apimig"}
+    # The dashboard's Jobs page shows these; a submitted job keeps the name given to `ray job submit`.
+    metadata = {"job_name": f"apimig {spec.name} {run_id}".strip(), "apimig_experiment": spec.name,
+                "apimig_run": run_id}
+    kwargs = {"logging_level": logging.WARNING, "namespace": "apimig",
+              "job_config": ray.job_config.JobConfig(metadata=metadata)}
     if address:
         ray.init(address=address, **kwargs)
     else:
@@ -85,8 +69,13 @@ def run_experiment(
     manifest: Manifest,
     address: str | None = None,
     echo: Callable[[str], None] = print,
+    mirror: RunMirror | None = None,
 ) -> Manifest:
-    """Run every job of ``manifest`` that is not done. Ctrl-C leaves unfinished jobs pending."""
+    """Run every job of ``manifest`` that is not done. Ctrl-C leaves unfinished jobs pending.
+
+    With a ``mirror``, the run directory is pushed to its URI after every finished job,
+    at every status line and at the end.
+    """
     import ray
 
     jobs = {job.id: job for job in plan_jobs(spec)}
@@ -97,7 +86,7 @@ def run_experiment(
         echo("all jobs already done")
         return manifest
 
-    start_ray(spec, address)
+    start_ray(spec, address, run_dir.name)
     pool = SandboxPool.start(
         size=spec.eval.pool_size, preload=spec.eval.preload, limits=Limits(memory_mb=spec.eval.memory_mb),
         name=f"sandbox-{run_dir.name}",
@@ -114,7 +103,7 @@ def run_experiment(
                 job = jobs[queue.pop(0)]
                 request = _request(spec, job, run_dir)
                 ref = eval_task.options(name=f"eval {job.method.name} x {job.dataset.name}").remote(
-                    request, record_refs[job.dataset.name], pool
+                    request, record_refs[job.dataset.name], pool.for_job(job.method.name, job.dataset.name)
                 )
                 running[ref] = job.id
                 started_at[job.id] = time.monotonic()
@@ -125,17 +114,32 @@ def run_experiment(
                 jid = running.pop(ref)
                 finished += 1
                 _finish(ref, jobs[jid], run_dir, manifest, echo, f"[{finished}/{total}]")
+                _sync(mirror, echo)
             if running and time.monotonic() - last_status >= STATUS_EVERY_S:
                 last_status = time.monotonic()
                 busy = ", ".join(f"{jid} {last_status - started_at[jid]:.0f}s" for jid in running.values())
-                done = sum(s["done"] for s in pool.stats())
-                echo(f"[{finished}/{total}] running: {busy}; programs executed: {done}")
+                stats = pool.stats()
+                done, passed = sum(s["done"] for s in stats), sum(s["passed"] for s in stats)
+                echo(f"[{finished}/{total}] running: {busy}; programs executed: {done} ({passed} passed)")
+                _sync(mirror, echo)
     finally:  # Ctrl-C or any error: nothing stays "running", nothing keeps computing
         for ref, jid in running.items():
             ray.cancel(ref, force=True)
             manifest.update(jid, "pending", interrupted=True)
         pool.close()
+        _sync(mirror, echo)
     return manifest
+
+
+def _sync(mirror: RunMirror | None, echo: Callable[[str], None]) -> None:
+    """Push the run to its URI; a failed upload is reported and retried at the next push, never fatal."""
+    if mirror is None:
+        return
+    try:
+        mirror.push()
+    except OSError as exc:
+        echo(f"warning: upload to {mirror.uri} failed ({str(exc).splitlines()[0]}); the run is safe in "
+             f"{mirror.local} and the next push retries")
 
 
 def _eval_task(request: JobRequest, records: list, pool: SandboxPool) -> JobResult:
@@ -155,7 +159,7 @@ def _request(spec: ExperimentSpec, job: PlannedJob, run_dir: Path) -> JobRequest
         ),
         context=MethodContext(
             model=spec.model.model_dump(), work_dir=run_dir / "work" / job.id, seed=spec.seed,
-            use_gpu=spec.resources.use_gpu,
+            use_gpu=spec.resources.use_gpu, method=job.method.name,
         ),
     )
 
@@ -169,23 +173,26 @@ def _finish(ref, job: PlannedJob, run_dir: Path, manifest: Manifest, echo, count
         cause = getattr(exc, "cause", None) or exc
         message = f"{type(cause).__name__}: {cause}".splitlines()[0][:500]
         manifest.update(job.id, "failed", error=message)
+        telemetry.record_job(job.method.name, job.dataset.name, "failed")
         echo(f"{counter} FAILED   {job.method.name} x {job.dataset.name}: {message}")
         return
     try:
         write_outputs(run_dir / "outputs" / job.id, result.files)
     except ValueError as exc:
         manifest.update(job.id, "failed", error=str(exc))
+        telemetry.record_job(job.method.name, job.dataset.name, "failed")
         echo(f"{counter} FAILED   {job.method.name} x {job.dataset.name}: {exc}")
         return
     atomic_write_jsonl(run_dir / "predictions" / f"{job.id}.jsonl", result.rows)
     update_metrics(run_dir, job.method.name, job.dataset.name, result.metrics)
     timings = {k: round(v, 3) for k, v in result.timings.items()}
+    p = result.metrics.get("pass@1")
+    telemetry.record_job(job.method.name, job.dataset.name, "diverged" if result.diverged else "done", p)
     if result.diverged:
         manifest.update(job.id, "diverged", timings=timings, error=f"diverged: {result.diverged}")
         echo(f"{counter} DIVERGED {job.method.name} x {job.dataset.name}: {result.diverged}")
         return
     manifest.update(job.id, "done", timings=timings)
-    p = result.metrics.get("pass@1")
     shown = f"pass@1={p:.3f}" if p is not None else "pass@1=n/a"
     echo(f"{counter} done     {job.method.name} x {job.dataset.name}  {shown}  n={result.metrics['n']}")
 

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from data.registry import DATASETS, resolve_path
 from jobs.registry import METHODS, method_module
 from jobs.sandbox import DEFAULT_PRELOAD
+from tune.space import TuneSpec, apply_params, representative_params
 
 # Names become file names and job ids ("<method>__<dataset>"): plain, and no "__".
 NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.-]|_[A-Za-z0-9.-])*_?$"
@@ -122,6 +123,7 @@ class ExperimentSpec(_Strict):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     seed: int = 0
+    tune: TuneSpec | None = None  # used by ``python -m orchestrator tune``; ``run`` ignores it
 
     @model_validator(mode="after")
     def _unique_names(self) -> "ExperimentSpec":
@@ -131,6 +133,19 @@ class ExperimentSpec(_Strict):
                 if item.name in seen:
                     raise ValueError(f"{section}[{i}].name: duplicate name '{item.name}'")
                 seen.add(item.name)
+        if self.tune is not None:
+            tuned = next((m for m in self.methods if m.name == self.tune.method), None)
+            if tuned is None:
+                raise ValueError(f"tune.method: no method named '{self.tune.method}' in methods")
+            module = method_module(tuned.kind)
+            if not hasattr(module, "training_job"):
+                raise ValueError(f"tune.method: '{tuned.name}' (kind {tuned.kind}) does not train; nothing to tune")
+            for key, value in representative_params(self.tune.space).items():  # a typo fails now, not per trial
+                try:
+                    module.Options.model_validate(apply_params(tuned.options, {key: value, "layer_end": 0}))
+                except ValidationError as exc:
+                    shown = "layers" if key == "layer_start" else key
+                    raise ValueError(f"tune.space.{shown}: {_first_error(exc)}") from None
         return self
 
 

@@ -1,0 +1,112 @@
+"""Training throughput: an apimig ``sft`` job vs. a bare TRL ``SFTTrainer`` script (not a timed test).
+
+Both train the same LoRA adapter on the same model and the same examples
+(the built-in migration set as SFT chat examples), with the same batch size,
+sequence length, learning rate and number of steps, in one run:
+
+  (a) bare TRL: ``SFTTrainer`` + ``peft_config`` in this process, logging
+      every 10 steps, no checkpoints: what a user would write by hand;
+  (b) apimig: ``jobs.training.run_training`` with ``jobs.sft.build_trainer``
+      on Ray Train (``--workers`` workers), with everything the job adds:
+      per-step divergence checks and ``ray.train.report``, checkpoints every
+      ``save_steps``, the final adapter report.
+
+Tokens/second = tokens trained on (TRL's ``num_tokens``) / the Trainer's
+``train_runtime``, and the ratio b/a (target >= 0.95). With ``--workers 1``
+(the default) both use one process with the same number of torch threads, so
+the ratio is the job's overhead; the Ray start-up and worker imports are
+printed separately (end-to-end wall time), not counted in tokens/s.
+
+    python bench/train_throughput.py                 # tiny model, CPU
+    python bench/train_throughput.py --steps 60 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def bare_trl(rows: list[dict], options, threads: int) -> dict:
+    """The hand-written baseline: one process, TRL + PEFT, nothing else."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from jobs.models import load_model
+    from jobs.training.adapters import lora_config
+
+    torch.set_num_threads(threads)
+    model, tokenizer = load_model("tiny")
+    with tempfile.TemporaryDirectory() as out:
+        config = SFTConfig(
+            output_dir=out, learning_rate=options.learning_rate, max_steps=options.max_steps,
+            per_device_train_batch_size=options.batch_size, max_length=options.max_length,
+            warmup_steps=options.warmup_ratio, max_grad_norm=options.max_grad_norm, logging_steps=10,
+            save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True, seed=0, data_seed=0,
+        )
+        trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
+                             processing_class=tokenizer,
+                             peft_config=lora_config(options.adapter, model.config.num_hidden_layers))
+        out_metrics = trainer.train().metrics
+    tokens = next(log["num_tokens"] for log in reversed(trainer.state.log_history) if "num_tokens" in log)
+    return {"tokens": float(tokens), "train_runtime": float(out_metrics["train_runtime"])}
+
+
+def apimig_job(rows: list[dict], options, work_dir: Path) -> dict:
+    from jobs import sft
+    from jobs.training.runner import TrainJob, run_training
+
+    t0 = time.monotonic()
+    outcome = run_training(TrainJob(build=sft.build_trainer, options=options, rows=rows, model={"name": "tiny"},
+                                    work_dir=work_dir))
+    m = outcome.metrics
+    return {"tokens": m["num_tokens"], "train_runtime": m["train_runtime"], "wall": time.monotonic() - t0,
+            "trainable_params": m["trainable_params"]}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers of the apimig job")
+    args = p.parse_args()
+
+    import ray
+
+    from data.migrations import load_migrations
+    from jobs import sft
+    from jobs.models import model_path
+    from jobs.training.data import sft_rows
+
+    model_path("tiny")
+    rows = sft_rows(load_migrations())
+    options = sft.Options(max_steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
+                          num_workers=args.workers, save_steps=max(1, args.steps // 2), max_failures=0)
+    threads = 1  # a Ray worker with 1 CPU runs torch with 1 thread (OMP_NUM_THREADS=1); the baseline matches it
+    print(f"tiny model, {len(rows)} examples, {args.steps} steps x batch {args.batch_size} per worker, "
+          f"max_length {args.max_length}, apimig workers: {args.workers}, {os.cpu_count()} cores")
+    a = bare_trl(rows, options, threads)
+    ray.init(num_cpus=max(2, args.workers), logging_level="WARNING", include_dashboard=False)
+    with tempfile.TemporaryDirectory() as work:
+        b = apimig_job(rows, options, Path(work))
+    ray.shutdown()
+    ta, tb = a["tokens"] / a["train_runtime"], b["tokens"] / b["train_runtime"]
+    print(f"(a) bare TRL:   {a['tokens']:.0f} tokens in {a['train_runtime']:.2f} s = {ta:.0f} tokens/s")
+    print(f"(b) apimig sft: {b['tokens']:.0f} tokens in {b['train_runtime']:.2f} s = {tb:.0f} tokens/s "
+          f"(end to end with Ray start-up and worker imports: {b['wall']:.1f} s)")
+    ratio = tb / ta if args.workers == 1 else tb / (ta * args.workers)
+    label = "b/a" if args.workers == 1 else f"b/(a x {args.workers} workers)"
+    print(f"ratio {label}: {ratio:.3f} (target >= 0.95)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Mined API-update rules: mine them from old->new code pairs, store them as JSON, apply them with a codemod.
+
+Public API (other methods code against these names):
+
+- :class:`Rule`, :class:`RuleSet` (``load``, ``save``, ``to_json``, ``matching``, ``describe``);
+- :func:`mine_rules` ``(pairs) -> RuleSet`` with pairs ``(old_code, new_code, UpdateInfo | None)``;
+- :func:`apply_rules` ``(code, ruleset) -> CodemodResult`` (``.code``, ``.fired``).
+
+File format and rule kinds: docs/rules.md.
+"""
+
+from data.rules.codemod import CodemodResult, apply_rules
+from data.rules.mine import mine_rules, pairs_from_records
+from data.rules.model import KINDS, Rule, RuleSet, RulesFormatError
+
+__all__ = ["KINDS", "CodemodResult", "Rule", "RuleSet", "RulesFormatError", "apply_rules", "mine_rules",
+           "pairs_from_records"]

@@ -1,0 +1,40 @@
+"""Inference backends behind one interface: chats in, ``num_samples`` answers per chat out.
+
+Every backend has ``generate(chats) -> list[list[str | None]]`` (``None``: that
+sample failed after its retries), ``stats() -> BackendStats`` and ``close()``.
+Kinds: ``hf`` (local transformers, :mod:`jobs.backends.hf`), ``openai``,
+``anthropic`` and ``custom`` (HTTP, :mod:`jobs.backends.protocols`, sharing
+retries, cache and stats from :mod:`jobs.backends.http`). See docs/inference.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, Sequence
+
+from jobs.backends.config import HTTP_KINDS, BackendConfig, BackendStats, Price
+from jobs.backends.http import BackendError
+
+__all__ = ["Backend", "BackendConfig", "BackendError", "BackendStats", "HTTP_KINDS", "Price", "make_backend"]
+
+
+class Backend(Protocol):
+    config: BackendConfig
+
+    def generate(self, chats: Sequence[Sequence[dict]]) -> list[list[str | None]]: ...
+
+    def stats(self) -> BackendStats: ...
+
+    def close(self) -> None: ...
+
+
+def make_backend(config: BackendConfig, model_spec: dict[str, Any] | None = None, *, use_gpu: bool = False,
+                 seed: int = 0) -> Backend:
+    """The backend ``config`` describes; ``model_spec`` (the spec's model section) is the hf default model."""
+    if config.kind == "hf":
+        from jobs.backends.hf import HFBackend
+
+        return HFBackend(config, model_spec or {"name": "tiny"}, use_gpu=use_gpu, seed=seed)
+    from jobs.backends.protocols import AnthropicMessages, CustomRest, OpenAIChat
+
+    cls = {"openai": OpenAIChat, "anthropic": AnthropicMessages, "custom": CustomRest}[config.kind]
+    return cls(config, seed=seed)

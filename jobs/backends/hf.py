@@ -1,0 +1,104 @@
+"""The ``hf`` backend: local transformers generation, in this process or on Ray actors.
+
+Placement (``workers`` in the config):
+
+- ``None`` (default): with ``use_gpu`` and GPUs in the Ray cluster, one actor
+  per GPU (``num_gpus=1`` each); otherwise generation runs in this process,
+  which already holds the CPU its Ray task reserved.
+- ``0``: always in this process.
+- ``N > 0``: N actors, each with a GPU when ``use_gpu`` (else one CPU each).
+  A Ray task blocked in ``ray.get`` gives its CPU back, so the actors can use it.
+
+Chats are split into contiguous chunks, one per actor, and come back in
+order. Generation itself is :func:`jobs.generation.generate` (batched, greedy
+or sampled, non-finite logits replaced before sampling).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Sequence
+
+from jobs.backends.config import BackendConfig, BackendStats
+from jobs.generation import GenerationSettings, generate
+
+
+class GenerationWorker:
+    """One loaded model; the body of every actor (and of in-process generation)."""
+
+    def __init__(self, model_spec: dict[str, Any], use_gpu: bool):
+        from jobs.models import load_model
+
+        self.model, self.tokenizer = load_model(model_spec, use_gpu=use_gpu)
+
+    def generate(self, chats: Sequence[Sequence[dict]], settings: GenerationSettings) -> list[list[str]]:
+        return generate(self.model, self.tokenizer, chats, settings)
+
+
+class HFBackend:
+    kind = "hf"
+
+    def __init__(self, config: BackendConfig, model_spec: dict[str, Any], use_gpu: bool = False, seed: int = 0):
+        self.config = config
+        self.model_spec = dict(model_spec, name=config.model) if config.model else dict(model_spec)
+        self.use_gpu = use_gpu
+        self.settings = GenerationSettings(
+            max_new_tokens=config.max_tokens, temperature=config.temperature, top_p=config.top_p,
+            num_samples=config.num_samples, batch_size=config.batch_size, seed=seed,
+        )
+        self._local: GenerationWorker | None = None
+        self._actors: list | None = None
+        self._stats = BackendStats()
+        self._lock = threading.Lock()
+
+    def actor_count(self) -> int:
+        if self.config.workers is not None:
+            return self.config.workers
+        if not self.use_gpu:
+            return 0
+        import ray
+
+        if not ray.is_initialized():
+            return 0
+        return int(ray.cluster_resources().get("GPU", 0))
+
+    def _start_actors(self, n: int) -> list:
+        import ray
+
+        resources = {"num_gpus": 1, "num_cpus": 1} if self.use_gpu else {"num_cpus": 1}
+        cls = ray.remote(**resources)(GenerationWorker)
+        return [cls.remote(self.model_spec, self.use_gpu) for _ in range(n)]
+
+    def generate(self, chats: Sequence[Sequence[dict]]) -> list[list[str | None]]:
+        chats = [list(c) for c in chats]
+        n = min(self.actor_count(), len(chats))
+        if n == 0:
+            if self._local is None:
+                self._local = GenerationWorker(self.model_spec, self.use_gpu)
+            out = self._local.generate(chats, self.settings)
+        else:
+            import ray
+
+            if self._actors is None or len(self._actors) < n:
+                self.close()
+                self._actors = self._start_actors(n)
+            size = -(-len(chats) // n)
+            refs = [a.generate.remote(chats[i * size:(i + 1) * size], self.settings)
+                    for i, a in enumerate(self._actors[:n]) if chats[i * size:(i + 1) * size]]
+            out = [answers for part in ray.get(refs) for answers in part]
+        with self._lock:
+            self._stats.requests += len(chats) * self.config.num_samples
+            self._stats.successes += sum(len(a) for a in out)
+        return out
+
+    def stats(self) -> BackendStats:
+        with self._lock:
+            return BackendStats(**vars(self._stats))
+
+    def close(self) -> None:
+        if self._actors:
+            import ray
+
+            for actor in self._actors:
+                ray.kill(actor)
+        self._actors = None

@@ -1,0 +1,148 @@
+"""Method ``edit``: knowledge editing (ROME, MEMIT) or unlearning of the old API, then answering.
+
+Edit requests come from the records' API updates (``jobs.editing.requests``);
+they are split into batches of ``batch_size`` that run independently, as
+parallel Ray tasks when Ray is up (each task edits its own model copy), and
+return weight deltas. The deltas of all batches are added to one model copy,
+which then answers every record like the prompting method would
+(``build_messages`` -> ``generate`` -> ``extract_code``), so the eval job
+scores pass@1, api_ok etc. on the edited model. Editing metrics (efficacy,
+generalization, locality, teacher-forced and by generation) are reported for
+that merged model, and as ``isolated_*`` for each batch on its own copy.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Literal
+
+from pydantic import field_validator, model_validator
+
+from data.records import TaskRecord
+from jobs.registry import MethodContext, MethodOptions, MethodOutput
+
+RETAIN_HUMANEVAL = 4  # HumanEval solutions in the unlearning retain set
+
+
+class Options(MethodOptions):
+    algorithm: Literal["rome", "memit", "unlearn"] = "rome"
+    hparams: str | dict[str, Any] | None = None  # inline EasyEdit-style mapping, a YAML path, or the shipped default
+    batch_size: int = 4  # edit requests per batch (MEMIT edits a batch at once; ROME one after another)
+    max_edits: int | None = None
+    parallel: Literal["auto", "ray", "serial"] = "auto"  # auto: Ray tasks when Ray is initialised
+    gpus_per_task: float = 0.5
+    backend: Literal["auto", "builtin", "easyedit"] = "auto"
+    paraphrases: int = 2
+    locality: int = 3
+    strategy: str = "basic"
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    num_samples: int = 1
+    gen_batch_size: int = 8
+
+    @field_validator("batch_size", "num_samples", "gen_batch_size", "max_new_tokens")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @model_validator(mode="after")
+    def _check_hparams(self) -> "Options":
+        if self.hparams is not None:
+            from jobs.editing.hparams import load_hparams
+
+            load_hparams(self.algorithm, self.hparams)  # a bad file or key fails at spec time
+        return self
+
+
+def _chat_pair(tokenizer, record: TaskRecord, strategy: str) -> tuple[str, str] | None:
+    from data.prompts import build_messages
+    from jobs.generation import render
+
+    if not record.old_code:
+        return None
+    return render(tokenizer, build_messages(record, strategy)), "```python\n" + record.old_code.rstrip() + "\n```"
+
+
+def make_batches(records, requests, options: Options, tokenizer) -> list:
+    from jobs.editing.batches import EditBatch
+
+    by_id = {r.id: r for r in records}
+    retain_extra: list[tuple[str, str]] = []
+    if options.algorithm == "unlearn":
+        from data.humaneval import load_humaneval
+
+        retain_extra = [(r.prompt, r.reference or "") for r in load_humaneval(limit=RETAIN_HUMANEVAL)]
+    batches = []
+    for b, start in enumerate(range(0, len(requests), options.batch_size)):
+        chunk = tuple(requests[start:start + options.batch_size])
+        forget, retain = [], []
+        if options.algorithm == "unlearn":
+            for req in chunk:
+                forget.append((req.text(), req.ground_truth))
+                for rid in req.record_ids:
+                    pair = _chat_pair(tokenizer, by_id[rid], options.strategy)
+                    if pair:
+                        forget.append(pair)
+                retain += list(req.locality)
+            retain += retain_extra
+        batches.append(EditBatch(b, chunk, tuple(forget), tuple(retain)))
+    return batches
+
+
+def answer(model, tokenizer, records: list[TaskRecord], options: Options, seed: int) -> list[Any]:
+    from data.prompts import build_messages, extract_code
+    from jobs.generation import GenerationSettings, generate
+
+    settings = GenerationSettings(max_new_tokens=options.max_new_tokens, temperature=options.temperature,
+                                  num_samples=options.num_samples, batch_size=options.gen_batch_size, seed=seed)
+    outs = generate(model, tokenizer, [build_messages(r, options.strategy) for r in records], settings)
+    codes = [[extract_code(t) for t in samples] for samples in outs]
+    return [c[0] if len(c) == 1 else c for c in codes]
+
+
+def predict(records: list[TaskRecord], options: Options, context: MethodContext) -> MethodOutput:
+    from jobs.editing import scoring
+    from jobs.editing.batches import backend_name, merge, run_batches
+    from jobs.editing.hparams import load_hparams
+    from jobs.editing.requests import requests_from_records
+    from jobs.models import load_model
+
+    model_name = str(context.model.get("name", "tiny"))
+    hp = load_hparams(options.algorithm, options.hparams, model_name)
+    model, tokenizer = load_model(context.model, use_gpu=context.use_gpu)
+    requests = requests_from_records(records, options.paraphrases, options.locality, options.max_edits)
+    metrics: dict[str, float] = {"n_edits": float(len(requests))}
+    files: dict[str, str] = {}
+    t0 = time.perf_counter()
+    if requests:
+        parallel = options.parallel == "ray"
+        if options.parallel == "auto":
+            import ray
+
+            parallel = ray.is_initialized()
+        backend = backend_name(options.backend)
+        batches = make_batches(records, requests, options, tokenizer)
+        results = run_batches(context.model, options.algorithm, hp, batches, parallel=parallel, seed=context.seed,
+                              backend=backend, use_gpu=context.use_gpu, gpus_per_task=options.gpus_per_task)
+        reference = scoring.locality_reference(model, tokenizer, requests)
+        merge(model, results)
+        merged_rows = scoring.score(model, tokenizer, requests, reference)
+        isolated_rows = [row for res in results for row in res.rows]
+        metrics.update(scoring.average(merged_rows))
+        metrics.update(scoring.average(isolated_rows, prefix="isolated_"))
+        extras = [res.extra for res in results if res.extra]
+        for key in sorted({k for e in extras for k in e}):
+            metrics[key] = sum(e[key] for e in extras) / len(extras)
+        metrics.update(n_batches=float(len(batches)), edit_parallel=float(parallel),
+                       seconds_per_edit=sum(r.seconds for r in results) / len(requests))
+        files["edits.jsonl"] = "".join(
+            json.dumps({"case_id": r.case_id, "subject": r.subject, "target_new": r.target_new,
+                        "ground_truth": r.ground_truth, "records": list(r.record_ids), "merged": m, "isolated": i})
+            + "\n" for r, m, i in zip(requests, merged_rows, isolated_rows))
+        files["hparams.json"] = json.dumps(hp.resolve(model).model_dump(), indent=2) + "\n"
+    edit_time = time.perf_counter() - t0
+    codes = answer(model, tokenizer, records, options, context.seed)
+    return MethodOutput(codes=codes, train_time_s=edit_time, metrics=metrics, files=files)

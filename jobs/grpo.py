@@ -1,0 +1,219 @@
+"""Method ``grpo``: group-relative policy optimisation of a LoRA/DoRA adapter with TRL's ``GRPOTrainer``.
+
+Runs through the shared runner (``jobs.training.runner``: Ray Train workers,
+DeepSpeed, divergence guards, checkpoints). Prompts are
+``data.prompts.build_messages(record, generation.prompt)`` with ``instruction``
+appended to the system message (by default ReCode's ``<think>``/``<answer>``
+format, which the ``recode`` reward scores); the trained adapter answers the
+evaluated records with the same messages.
+
+Rewards (``jobs.training.rewards``) are chosen and weighted in the spec,
+``rewards: {recode: 1.0, execution: 0.5}``. The ``execution`` reward runs the
+completions in the run's sandbox pool (the Ray actors the eval job uses), found
+by name, or, outside a run or with ``executor: local``, in sandbox slots inside
+each training worker. Per-step reward means go to ``rewards.jsonl`` in the
+job's outputs and the first/last step's mean reward to the job's metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+from data.records import TaskRecord
+from jobs.registry import MethodContext, MethodOutput
+from jobs.training.options import TrainingOptions
+
+REWARD_LOG = "rewards.jsonl"  # in the job's work dir, written by rank 0 at every log step
+
+# Our wording of ReCode's output format: reasoning in <think>, the code in a python block inside <answer>.
+THINK_ANSWER = (
+    "Think about the task first, then answer. Put your reasoning inside <think> </think> tags and then the "
+    "complete final code, in one ```python block, inside <answer> </answer> tags:\n"
+    "<think> reasoning </think>\n<answer>\n```python\ncode\n```\n</answer>"
+)
+
+
+class ExecutionRewardOptions(BaseModel):
+    """Weights of the execution reward's terms (see ``jobs.training.rewards``)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    runs: float = 0.5
+    tests: float = 1.0
+    new_api: float = 0.25
+    old_api: float = 0.25  # subtracted when the deprecated API is still used
+    timeout_s: PositiveFloat = 5.0  # per program
+
+
+class Options(TrainingOptions):
+    learning_rate: float = Field(1e-5, gt=0)
+    rewards: dict[str, float] = Field(default_factory=lambda: {"recode": 1.0}, min_length=1)
+    execution: ExecutionRewardOptions = Field(default_factory=ExecutionRewardOptions)
+    num_generations: int = Field(4, ge=2)  # completions per prompt (the group)
+    max_completion_length: PositiveInt = 256
+    temperature: PositiveFloat = 1.0  # sampling temperature while training
+    beta: float = Field(0.0, ge=0)  # KL penalty to the base model (TRL's default: none)
+    loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = "dapo"
+    instruction: str = THINK_ANSWER  # appended to the system message; "" = the strategy's prompt as is
+    executor: Literal["auto", "pool", "local"] = "auto"  # auto: the run's sandbox pool if there is one
+    sandbox_slots: PositiveInt = 1  # local executor: sandbox servers per training worker
+
+    @model_validator(mode="after")
+    def _check(self) -> "Options":
+        from jobs.training.rewards import REWARDS
+
+        unknown = sorted(set(self.rewards) - set(REWARDS))
+        if unknown:
+            raise ValueError(f"rewards: unknown reward '{unknown[0]}' (known: {', '.join(REWARDS)})")
+        batch = self.batch_size * self.num_workers * self.grad_accum
+        if batch % self.num_generations:
+            raise ValueError(f"num_generations: {self.num_generations} must divide batch_size x num_workers x "
+                             f"grad_accum = {batch} (every prompt's group is generated in one batch)")
+        return self
+
+
+def messages(record: TaskRecord, options: Options) -> list[dict]:
+    from data.prompts import build_messages
+
+    chat = build_messages(record, options.generation.prompt)
+    if options.instruction.strip():
+        chat[0] = {**chat[0], "content": chat[0]["content"].rstrip() + "\n\n" + options.instruction.strip()}
+    return chat
+
+
+def grpo_rows(records: list[TaskRecord], options: Options) -> list[dict]:
+    """One prompt per record, with the columns the chosen rewards read."""
+    from jobs.training.rewards import reward_columns
+
+    needs_ref = any(n.startswith("recode") for n in options.rewards)
+    needs_tests = "execution" in options.rewards
+    return [{"prompt": messages(r, options), **reward_columns(r)} for r in records
+            if (r.reference or not needs_ref) and (r.tests or not needs_tests)]
+
+
+def reward_log_callback(path: Path, rewards: list):
+    """A TrainerCallback appending each log step's reward means to ``path`` (rank 0), built here because
+    transformers is imported on the training workers only; it also stops local sandbox servers at the end."""
+    from transformers import TrainerCallback
+
+    class RewardLog(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            row = {k: float(v) for k, v in logs.items() if k == "reward" or k.startswith(("rewards/", "execution/"))}
+            if row and state.is_world_process_zero:
+                with open(path, "a") as fh:
+                    fh.write(json.dumps({"step": state.global_step, **row}) + "\n")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            for reward in rewards:
+                if hasattr(reward, "close"):
+                    reward.close()
+
+    return RewardLog()
+
+
+def build_trainer(setup):
+    from trl import GRPOConfig, GRPOTrainer
+
+    from jobs.training.rewards import ExecutionWeights, build_rewards
+
+    o: Options = setup.options
+    e = o.execution
+    executor = setup.job.extra.get("pool") or LocalSandboxFactory(o.sandbox_slots)
+    funcs, weights = build_rewards(
+        o.rewards, executor, ExecutionWeights(e.runs, e.tests, e.new_api, e.old_api), e.timeout_s
+    )
+    config = GRPOConfig(
+        **setup.args, reward_weights=weights, num_generations=o.num_generations,
+        max_completion_length=o.max_completion_length, temperature=o.temperature, beta=o.beta,
+        loss_type=o.loss_type,
+    )
+    trainer = GRPOTrainer(model=setup.load_model(), reward_funcs=funcs, args=config,
+                          train_dataset=setup.train_dataset, processing_class=setup.tokenizer,
+                          peft_config=setup.peft_config)
+    trainer.add_callback(reward_log_callback(Path(setup.job.work_dir) / REWARD_LOG, funcs))
+    return trainer
+
+
+class LocalSandboxFactory:
+    """Picklable: the sandbox servers are started on the training worker, at the first reward call."""
+
+    def __init__(self, parallelism: int):
+        self.parallelism = parallelism
+
+    def __call__(self):
+        from jobs.sandbox import SandboxExecutor
+
+        return SandboxExecutor(parallelism=self.parallelism)
+
+
+def find_pool(context: MethodContext):
+    """The run's sandbox pool (the driver names its actors ``sandbox-<run dir name>-<i>``), or None."""
+    import ray
+
+    from jobs.pool import SandboxPool
+
+    if not ray.is_initialized():
+        return None
+    run = Path(context.work_dir).parent.parent.name  # work_dir = <run dir>/work/<job id>
+    prefix = f"sandbox-{run}-"
+    names = [n for n in ray.util.list_named_actors() if n.startswith(prefix) and n[len(prefix):].isdigit()]
+    if not names:
+        return None
+    return SandboxPool([ray.get_actor(n) for n in sorted(names, key=lambda n: int(n[len(prefix):]))])
+
+
+def predict(records: list[TaskRecord], options: Options, context: MethodContext) -> MethodOutput:
+    from jobs.training.data import to_dataset, training_records
+    from jobs.training.runner import TrainJob, run_training
+
+    rows = grpo_rows(training_records(options.train_data, records), options)
+    to_dataset(rows, "grpo prompt")  # fail before any worker starts
+    group = options.batch_size * options.num_workers * options.grad_accum // options.num_generations
+    if len(rows) < group:  # TRL drops incomplete generation batches: it would train zero steps
+        raise ValueError(f"grpo: {len(rows)} training prompts, fewer than one generation batch (batch_size x "
+                         f"num_workers x grad_accum / num_generations = {group})")
+    pool = None
+    if "execution" in options.rewards and options.executor != "local":
+        pool = getattr(context, "executor", None) or find_pool(context)
+        if pool is None and options.executor == "pool":
+            raise RuntimeError("grpo: executor: pool, but this run has no sandbox pool")
+    log = Path(context.work_dir) / REWARD_LOG
+    outcome = run_training(TrainJob(build=build_trainer, options=options, rows=rows, model=context.model,
+                                    work_dir=context.work_dir, seed=context.seed, use_gpu=context.use_gpu,
+                                    extra={"pool": pool}))
+    output = _answer(records, outcome, options, context)
+    by_step = {}  # a worker restart logs some steps again: keep the last
+    for line in log.read_text().splitlines() if log.exists() else []:
+        row = json.loads(line)
+        by_step[row["step"]] = row
+    history = [by_step[s] for s in sorted(by_step)]
+    if history and "reward" in history[0]:
+        output.metrics.update(reward_first=history[0]["reward"], reward_last=history[-1]["reward"])
+    output.files[REWARD_LOG] = "".join(json.dumps(h) + "\n" for h in history)
+    return output
+
+
+def _answer(records: list[TaskRecord], outcome, options: Options, context: MethodContext) -> MethodOutput:
+    """``answer.method_output`` with GRPO's messages (the instruction added) instead of the bare strategy."""
+    from data.prompts import extract_code
+    from jobs.generation import GenerationSettings, generate
+    from jobs.training.answer import REPORTED, load_adapted
+    from jobs.training.guards import degenerate_answers
+
+    gen = options.generation
+    metrics = {k: float(outcome.metrics[k]) for k in REPORTED if k in outcome.metrics}
+    diverged, codes = outcome.diverged, [None] * len(records)
+    if diverged is None and outcome.adapter_dir is not None and records:
+        model, tokenizer = load_adapted(context.model, outcome.adapter_dir, context.use_gpu)
+        settings = GenerationSettings(max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size, seed=context.seed)
+        texts = [s[0] for s in generate(model, tokenizer, [messages(r, options) for r in records], settings)]
+        diverged = degenerate_answers(texts)
+        codes = [extract_code(t) for t in texts]
+    summary = {"metrics": outcome.metrics, "diverged": diverged, "adapter_dir": str(outcome.adapter_dir)}
+    return MethodOutput(codes=codes, train_time_s=outcome.train_time_s, metrics=metrics, diverged=diverged,
+                        files={"training.json": json.dumps(summary, indent=2) + "\n"})

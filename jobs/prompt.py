@@ -1,0 +1,84 @@
+"""Method ``prompt``: ask a model (local or behind an HTTP API) to migrate each record's code.
+
+Options: ``strategy`` (a template in ``data/prompts``: basic, with_context,
+with_rules, cot) and ``backend`` (``jobs.backends.BackendConfig``; default:
+the ``hf`` backend with the spec's model). Generation settings (max_tokens,
+temperature, num_samples, ...) live in the backend section. With
+``num_samples > 1`` each record gets a list of samples (pass@k).
+
+``with_rules`` shows the mined rules that match each record's code: the rule
+library at ``rules_path``, else rules mined from the built-in migration set's
+train split (so held-out cases are not described by their own rules).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal, Sequence
+
+from pydantic import Field
+
+from data.prompts import NO_RULES, build_messages, extract_answer
+from data.records import TaskRecord
+from jobs.backends import Backend, BackendConfig, make_backend
+from jobs.registry import MethodContext, MethodOptions, MethodOutput
+
+Strategy = Literal["basic", "with_context", "with_rules", "cot"]
+
+
+class Options(MethodOptions):
+    strategy: Strategy = "basic"
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    rules_path: str | None = None  # a rule library (JSON, data.rules); default: mine the train split
+
+
+def load_rules(rules_path: str | None):
+    """The rule library ``with_rules`` describes: a saved one, or mined from the built-in train split."""
+    from data.rules import RuleSet, mine_rules, pairs_from_records
+
+    if rules_path:
+        return RuleSet.load(rules_path)
+    from data.migrations import load_migrations
+
+    return mine_rules(pairs_from_records(load_migrations(split="train")))
+
+
+def rules_text(ruleset, record: TaskRecord) -> str:
+    """The rules whose before-pattern occurs in the record's old code (or prompt), described for the model."""
+    text = ruleset.matching(record.old_code or record.prompt).describe().strip()
+    return text or NO_RULES
+
+
+def chats_for(records: Sequence[TaskRecord], strategy: str, ruleset=None) -> list[list[dict]]:
+    chats = []
+    for rec in records:
+        extra = {"rules": rules_text(ruleset, rec)} if strategy == "with_rules" else None
+        chats.append(build_messages(rec, strategy, extra))
+    return chats
+
+
+def answer(records: Sequence[TaskRecord], strategy: str, backend: Backend, ruleset=None
+           ) -> tuple[list[str | list[str] | None], list[dict]]:
+    """Codes for ``records`` (a list of samples per record when the backend samples several) and raw answers."""
+    replies = backend.generate(chats_for(records, strategy, ruleset))
+    codes: list[str | list[str] | None] = []
+    raw = []
+    for rec, texts in zip(records, replies):
+        samples = [extract_answer(t, strategy) for t in texts if t is not None]
+        if not samples:
+            codes.append(None)
+        else:
+            codes.append(samples[0] if backend.config.num_samples == 1 else samples)
+        raw.append({"id": rec.id, "answers": list(texts)})
+    return codes, raw
+
+
+def predict(records: list[TaskRecord], options: Options, context: MethodContext) -> MethodOutput:
+    ruleset = load_rules(options.rules_path) if options.strategy == "with_rules" else None
+    backend = make_backend(options.backend, context.model, use_gpu=context.use_gpu, seed=context.seed)
+    try:
+        codes, raw = answer(records, options.strategy, backend, ruleset)
+    finally:
+        backend.close()
+    files = {"answers.jsonl": "".join(json.dumps(row) + "\n" for row in raw)}
+    return MethodOutput(codes=codes, metrics=backend.stats().as_metrics(), files=files)

@@ -1,0 +1,37 @@
+"""Method ``sft``: supervised fine-tuning of a LoRA/DoRA adapter with TRL's ``SFTTrainer`` on Ray Train.
+
+Examples are the training records' prompts with the new-API code as the
+answer (``jobs.training.data``); options are ``jobs.training.options``'s plus
+``packing``. The trained adapter then answers the evaluated records.
+"""
+
+from __future__ import annotations
+
+from data.records import TaskRecord
+from jobs.registry import MethodContext, MethodOutput
+from jobs.training.options import TrainingOptions
+
+
+class Options(TrainingOptions):
+    packing: bool = False  # pack examples into max_length sequences (TRL's BFD packing)
+
+
+def build_trainer(setup):
+    from trl import SFTConfig, SFTTrainer
+
+    o: Options = setup.options
+    config = SFTConfig(**setup.args, max_length=o.max_length, packing=o.packing)
+    return SFTTrainer(model=setup.load_model(), args=config, train_dataset=setup.train_dataset,
+                      processing_class=setup.tokenizer, peft_config=setup.peft_config)
+
+
+def predict(records: list[TaskRecord], options: Options, context: MethodContext) -> MethodOutput:
+    from jobs.training.answer import method_output
+    from jobs.training.data import sft_rows, to_dataset, training_records
+    from jobs.training.runner import TrainJob, run_training
+
+    rows = sft_rows(training_records(options.train_data, records), options.generation.prompt)
+    to_dataset(rows, "sft")  # fail here, before any worker starts, when there is nothing to train on
+    outcome = run_training(TrainJob(build=build_trainer, options=options, rows=rows, model=context.model,
+                                    work_dir=context.work_dir, seed=context.seed, use_gpu=context.use_gpu))
+    return method_output(records, outcome, options.generation, context)

@@ -1,0 +1,54 @@
+"""After training: the adapter answers the evaluated records, and the outcome becomes a MethodOutput."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from data.prompts import build_messages, extract_code
+from data.records import TaskRecord
+from jobs.registry import MethodContext, MethodOutput
+from jobs.training.guards import degenerate_answers
+from jobs.training.options import GenerationOptions
+from jobs.training.runner import TrainOutcome
+
+REPORTED = ("trainable_params", "total_params", "train_loss", "global_step", "resumed_from_step", "train_runtime",
+            "num_workers")
+
+
+def load_adapted(model: dict, adapter_dir: Path, use_gpu: bool):
+    """(base model + adapter, tokenizer), ready to generate."""
+    from peft import PeftModel
+
+    from jobs.models import load_model
+
+    base, tokenizer = load_model(model, use_gpu=use_gpu)
+    return PeftModel.from_pretrained(base, str(adapter_dir)), tokenizer
+
+
+def answer(model, tokenizer, records: Sequence[TaskRecord], gen: GenerationOptions, seed: int) -> list[str]:
+    from jobs.generation import GenerationSettings, generate
+
+    chats = [build_messages(r, gen.prompt) for r in records]
+    settings = GenerationSettings(max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size, seed=seed)
+    return [samples[0] for samples in generate(model, tokenizer, chats, settings)]
+
+
+def method_output(records: Sequence[TaskRecord], outcome: TrainOutcome, gen: GenerationOptions,
+                  context: MethodContext) -> MethodOutput:
+    """Answers from the trained adapter; a diverged run answers nothing (its diagnosis is the result)."""
+    metrics = {k: float(outcome.metrics[k]) for k in REPORTED if k in outcome.metrics}
+    summary = {"metrics": outcome.metrics, "diverged": outcome.diverged, "adapter_dir": str(outcome.adapter_dir)}
+    diverged = outcome.diverged
+    codes: list[str | None] = [None] * len(records)
+    if diverged is None and outcome.adapter_dir is not None and records:
+        model, tokenizer = load_adapted(context.model, outcome.adapter_dir, context.use_gpu)
+        texts = answer(model, tokenizer, records, gen, context.seed)
+        diverged = degenerate_answers(texts)
+        codes = [extract_code(t) for t in texts]
+    summary["diverged"] = diverged
+    return MethodOutput(
+        codes=codes, train_time_s=outcome.train_time_s, metrics=metrics, diverged=diverged,
+        files={"training.json": json.dumps(summary, indent=2) + "\n"},
+    )

@@ -1,0 +1,139 @@
+"""Divergence guards and the fault-injection hook, as transformers ``TrainerCallback``s.
+
+:class:`DivergenceGuard` looks at every log the Trainer writes (every
+``logging_steps``). The runner sets ``logging_nan_inf_filter=False``: with the
+Trainer's default a NaN/inf loss is silently replaced in the logged average,
+which would hide exactly what this guard looks for. The logged loss is the
+mean over all workers and the gradient norm is the global one, so every
+worker reaches the same verdict at the same step and they stop together.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+from transformers import TrainerCallback
+
+STEP_KEYS = ("loss", "grad_norm", "learning_rate", "epoch")
+LOSS_FLOOR = 50.0  # a loss above max(LOSS_FLOOR, EXPLOSION_FACTOR x the first one) has exploded
+EXPLOSION_FACTOR = 10.0
+
+
+class DivergenceGuard(TrainerCallback):
+    """Stop training at the first log with a non-finite or exploded loss, or a non-finite gradient norm.
+
+    ``report`` (e.g. ``ray.train.report``) receives every step's metrics, so a
+    Ray Tune trial running the same code sees per-step loss and gradient norm.
+    """
+
+    def __init__(self, report: Callable[[dict], None] | None = None):
+        self.report = report
+        self.diagnosis: str | None = None
+        self.first_loss: float | None = None
+
+    def check(self, logs: dict, step: int) -> str | None:
+        lr = logs.get("learning_rate")
+        at = f"at step {step}" + (f" (learning_rate={float(lr):.3g})" if lr is not None else "")
+        for key in ("loss", "grad_norm"):
+            if key in logs and not math.isfinite(float(logs[key])):
+                return f"non-finite {key.replace('_', ' ')} ({float(logs[key])}) {at}"
+        if "loss" in logs:
+            loss = float(logs["loss"])
+            if self.first_loss is None:
+                self.first_loss = loss
+            limit = max(LOSS_FLOOR, EXPLOSION_FACTOR * self.first_loss)
+            if loss > limit:
+                return f"loss exploded to {loss:.4g} (first {self.first_loss:.4g}) {at}"
+        return None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if not any(k in logs for k in ("loss", "grad_norm")):
+            return  # the end-of-training summary (train_loss, train_runtime, ...)
+        if self.diagnosis is None:
+            self.diagnosis = self.check(logs, state.global_step)
+        if self.diagnosis is not None:
+            control.should_training_stop = True
+            control.should_save = False  # a diverged state is not worth resuming from
+        if self.report is not None:
+            metrics = {"step": state.global_step, **{k: float(logs[k]) for k in STEP_KEYS if k in logs}}
+            if self.diagnosis is not None:
+                metrics["diverged"] = self.diagnosis
+            self.report(metrics)
+
+
+def degenerate(text: str) -> bool:
+    """An answer of at least 8 visible characters drawn from at most two (``!!!!!!!!``, ``))))))))``).
+
+    Empty answers are not counted: an untrained model that stops at once is weak, not broken.
+    """
+    chars = [c for c in text if not c.isspace()]
+    return len(chars) >= 8 and len(set(chars)) <= 2
+
+
+def degenerate_answers(texts: Sequence[str], threshold: float = 0.5) -> str | None:
+    """A diagnosis when more than ``threshold`` of the answers are degenerate (e.g. only "!!!!")."""
+    if not texts:
+        return None
+    bad = [t for t in texts if degenerate(t)]
+    if len(bad) / len(texts) <= threshold:
+        return None
+    sample = next((t.strip()[:20] for t in bad if t.strip()), "")
+    return f"degenerate generations: {len(bad)}/{len(texts)} answers repeat one or two characters (e.g. {sample!r})"
+
+
+class FaultInjection(TrainerCallback):
+    """Test hook: hard-kill (``os._exit``) the worker of rank ``rank`` once, after step ``step``.
+
+    A marker file makes it happen once per job, so the restarted worker group trains on.
+    """
+
+    def __init__(self, step: int, marker: Path, rank: int, this_rank: int):
+        self.step, self.marker, self.armed = step, marker, rank == this_rank
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.armed and state.global_step == self.step and not self.marker.exists():
+            self.marker.parent.mkdir(parents=True, exist_ok=True)
+            self.marker.write_text(f"killed after step {self.step}\n")
+            os._exit(17)
+
+
+class CheckpointReport(TrainerCallback):
+    """Report each Trainer checkpoint to Ray Train as ``checkpoint-<step>/checkpoint``, then mark it complete.
+
+    Ray Train V2 collects reports from workers on its health-check poll (2 s):
+    a worker killed right after reporting can take that checkpoint with it.
+    So after every worker has uploaded its part (a barrier), rank 0 writes
+    ``pointer`` (``{"step", "dir"}``) atomically; a restart resumes from
+    whichever is newer, Ray's checkpoint or the pointer's.
+    """
+
+    def __init__(self, pointer: Path, rank: int, report: Callable, make_checkpoint: Callable, barrier: Callable):
+        self.pointer, self.rank = pointer, rank
+        self.report, self.make_checkpoint, self.barrier = report, make_checkpoint, barrier
+
+    def on_save(self, args, state, control, **kwargs):
+        import shutil
+        import tempfile
+
+        from transformers.trainer_utils import get_last_checkpoint
+
+        from data.io import atomic_write_json
+
+        metrics = {"step": state.global_step}
+        for log in state.log_history:
+            metrics.update({k: v for k, v in log.items() if isinstance(v, (int, float))})
+        name = f"checkpoint-{state.global_step:06d}"
+        source = get_last_checkpoint(args.output_dir)
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if source is not None:  # DDP: rank 0 holds the model, the others only their RNG state
+                shutil.copytree(source, Path(tmp) / "checkpoint")
+                checkpoint = self.make_checkpoint(tmp)
+            self.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+        self.barrier()  # every worker's files are in storage now
+        if self.rank == 0:
+            atomic_write_json(self.pointer, {"step": state.global_step, "dir": name})

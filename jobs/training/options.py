@@ -1,0 +1,92 @@
+"""Spec options shared by every training method kind (``sft``, ``dpo``, ``grpo``, ``distill``).
+
+A kind's ``Options`` subclasses :class:`TrainingOptions` and adds its own keys
+(DPO's ``beta``, GRPO's rewards). Defaults are the divergence guards: gradient
+clipping, warmup, logging every step.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+from jobs.registry import MethodOptions
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class AdapterOptions(_Strict):
+    """A LoRA or DoRA adapter. ``scope: hierarchical`` adapts only ``layers`` (default: the deepest third)."""
+
+    type: Literal["lora", "dora"] = "lora"
+    rank: PositiveInt = 8
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+    )
+    scope: Literal["standard", "hierarchical"] = "standard"
+    # hierarchical only: [first, last] layer indices (inclusive, negative counts from the end); None = deepest third
+    layers: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "AdapterOptions":
+        if self.layers is not None and self.scope != "hierarchical":
+            raise ValueError("layers: only used with scope: hierarchical")
+        return self
+
+
+class DeepSpeedOptions(_Strict):
+    stage: Literal[2, 3] = 2
+    offload_optimizer: bool = False  # ZeRO-Offload of optimizer states to CPU memory
+
+
+class TrainDataSource(_Strict):
+    """Where training examples come from: a dataset kind (see ``data.registry``) or a teacher-generated set.
+
+    ``teacher`` is a ReCode-format JSONL written by a teacher model (text-level distillation).
+    """
+
+    kind: Literal["migrations", "codeupdatearena", "recode", "teacher"]
+    path: str | None = None
+    limit: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainDataSource":
+        if self.kind in ("recode", "teacher") and self.path is None:
+            raise ValueError(f"path: training data of kind '{self.kind}' needs a path")
+        return self
+
+
+class GenerationOptions(_Strict):
+    max_new_tokens: PositiveInt = 256
+    batch_size: PositiveInt = 8
+    prompt: str = "basic"  # data/prompts strategy, the same at training and answering time
+
+
+class TrainingOptions(MethodOptions):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    adapter: AdapterOptions = Field(default_factory=AdapterOptions)
+    # Empty: train on the records of the dataset being evaluated (a smoke setting: it tests on its training set).
+    train_data: list[TrainDataSource] = Field(default_factory=list)
+    learning_rate: float = Field(2e-4, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, ge=-1)  # > 0 overrides epochs
+    batch_size: PositiveInt = 4  # per worker
+    grad_accum: PositiveInt = 1
+    max_length: PositiveInt = 1024
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)  # clipping is a divergence guard: always on
+    weight_decay: float = Field(0.0, ge=0)
+    logging_steps: PositiveInt = 1  # the divergence guard checks at every log
+    save_steps: PositiveInt = 50  # checkpoint period (a checkpoint is also kept at the end)
+    num_workers: PositiveInt = 2  # Ray Train workers
+    cpus_per_worker: float = Field(1.0, ge=0)
+    deepspeed: DeepSpeedOptions | None = None
+    max_failures: int = Field(1, ge=-1)  # worker failures tolerated (restart from the last checkpoint); -1 = any
+    generation: GenerationOptions = Field(default_factory=GenerationOptions)

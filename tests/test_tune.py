@@ -1,0 +1,97 @@
+"""Search spaces, the diverged-trial objective and the tune section of specs (no Ray here)."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+
+from orchestrator.spec import SpecError, parse_spec
+from tune.search import TrialRow, best_row
+from tune.space import LayerRange, Range, apply_params, define_space
+from tune.trial import DIAGNOSIS, DIVERGED, Objective
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _sample(space, num_layers, n=200, seed=0):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    suggest = define_space(space, num_layers)
+    study.optimize(lambda t: (suggest(t), 0.0)[1], n_trials=n)
+    return [t.params for t in study.trials]
+
+
+def test_layer_ranges_are_always_valid_and_cover_the_model():
+    params = _sample({"layers": LayerRange(min_width=2)}, num_layers=6)
+    pairs = {(p["layer_start"], p["layer_end"]) for p in params}
+    assert all(0 <= s and s + 1 <= e <= 5 for s, e in pairs)
+    assert {s for s, _ in pairs} == set(range(5)) and max(e for _, e in pairs) == 5
+
+
+def test_log_uniform_learning_rate_spans_its_decades():
+    lrs = [p["learning_rate"] for p in _sample({"learning_rate": Range(low=1e-5, high=1e-1, log=True)}, 4)]
+    assert all(1e-5 <= lr <= 1e-1 for lr in lrs)
+    decades = {math.floor(math.log10(lr)) for lr in lrs}
+    assert decades == {-5, -4, -3, -2}  # uniform in log space reaches every decade
+
+
+def test_apply_params_sets_dotted_paths_and_makes_the_adapter_hierarchical():
+    base = {"learning_rate": 1e-3, "adapter": {"rank": 8, "scope": "standard"}}
+    out = apply_params(base, {"learning_rate": 0.1, "adapter.rank": 4, "layer_start": 1, "layer_end": 2})
+    assert out == {"learning_rate": 0.1, "adapter": {"rank": 4, "scope": "hierarchical", "layers": [1, 2]}}
+    assert base["adapter"]["rank"] == 8  # the spec's options are not modified
+
+
+def test_a_diverged_trial_reports_a_finite_penalty_from_then_on():
+    obj = Objective("loss", penalty=1000.0)
+    assert obj({"step": 1, "loss": 2.5}) == {"step": 1, "loss": 2.5, DIVERGED: 0}
+    bad = obj({"step": 2, "loss": float("nan")})
+    assert bad["loss"] == 1000.0 and bad[DIVERGED] == 1 and "non-finite loss" in bad[DIAGNOSIS]
+    final = obj({"train_loss": 3.0, "final": 1})  # the summary after the guard stopped training
+    assert final["loss"] == 1000.0 and final[DIVERGED] == 1
+
+
+def test_the_guards_own_diagnosis_is_kept_and_summaries_carry_the_last_value():
+    obj = Objective("loss", penalty=1000.0)
+    assert obj({"step": 1, "loss": 2.0})[DIVERGED] == 0
+    assert obj({"global_step": 5, "final": 1})["loss"] == 2.0
+    guard = Objective("loss", penalty=1000.0)
+    out = guard({"step": 3, "loss": 80.0, "diverged": "loss exploded to 80 (first 2) at step 3"})
+    assert out[DIAGNOSIS].startswith("loss exploded") and out["loss"] == 1000.0
+
+
+def test_best_row_ignores_diverged_and_failed_trials():
+    rows = [TrialRow("a", {}, None, "diverged", 3, 1.0), TrialRow("b", {}, 2.0, "done", 10, 1.0),
+            TrialRow("c", {}, 1.5, "stopped", 5, 1.0), TrialRow("d", {}, None, "error", 0, 1.0)]
+    assert best_row(rows, "min").trial_id == "c"
+    assert best_row(rows, "max").trial_id == "b"
+    assert best_row(rows[:1], "min") is None
+
+
+SPEC = {
+    "name": "t",
+    "datasets": [{"name": "migrations"}],
+    "methods": [{"name": "ref", "kind": "reference"}, {"name": "ft", "kind": "sft", "max_steps": 4}],
+}
+
+
+@pytest.mark.parametrize("tune, expected", [
+    ({"method": "nope", "space": {"learning_rate": {"low": 1e-4, "high": 1}}}, "tune.method: no method named 'nope'"),
+    ({"method": "ref", "space": {"learning_rate": {"low": 1e-4, "high": 1}}}, "does not train"),
+    ({"method": "ft", "space": {"learnig_rate": {"low": 1e-4, "high": 1}}}, "tune.space.learnig_rate"),
+    ({"method": "ft", "space": {"learning_rate": {"low": 0, "high": 1, "log": True}}}, "log-uniform range needs low > 0"),
+    ({"method": "ft", "space": {"adapter.rank": []}}, "empty list"),
+    ({"method": "ft", "space": {"layers": {"low": 0, "high": 3}}}, "tune.space.layers"),
+    ({"method": "ft", "space": {}}, "tune.space"),
+])
+def test_bad_tune_sections_are_one_line_errors(tune, expected):
+    with pytest.raises(SpecError) as err:
+        parse_spec({**SPEC, "tune": tune})
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_good_tune_section_validates():
+    spec = parse_spec({**SPEC, "tune": {"method": "ft", "space": {
+        "learning_rate": {"low": 1e-4, "high": 1.0, "log": True}, "adapter.rank": [4, 8], "layers": {}}}})
+    assert spec.tune.penalty == 1000.0 and spec.tune.scheduler.kind == "asha"

@@ -1,0 +1,119 @@
+"""A search: Ray Tune's ``Tuner`` with ``OptunaSearch`` (TPE or random) and ASHA, and its trial table.
+
+Tune's own result directory (``<storage>/search``: per-trial ``result.json``,
+``progress.csv`` and TensorBoard event files, the experiment state with the
+searcher's) is kept as Tune writes it, so ``tensorboard --logdir`` and
+``Tuner.restore`` work on it; :func:`run_search` with ``resume=True``
+continues an interrupted search from there, searcher state included.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tune.space import TuneSpec, define_space
+from tune.trial import DIAGNOSIS, DIVERGED, TrialSetup, run_trial
+
+EXPERIMENT = "search"
+
+
+@dataclass
+class TrialRow:
+    trial_id: str
+    params: dict[str, Any]
+    metric: float | None
+    state: str  # done | stopped (by ASHA) | diverged | error
+    steps: int  # training steps the trial ran
+    time_s: float
+    diagnosis: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def num_layers(model: dict) -> int:
+    from transformers import AutoConfig
+
+    from jobs.models import model_path
+
+    return AutoConfig.from_pretrained(model_path(model), revision=model.get("revision")).num_hidden_layers
+
+
+def _trainable(setup: TrialSetup):
+    from ray import tune
+
+    # The trial function only waits on its Ray Train workers, which hold the trial's CPUs/GPUs.
+    return tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"CPU": 0})
+
+
+def _tuner(spec: TuneSpec, setup: TrialSetup, layers: int, storage: Path, max_reports: int):
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    sampler = (optuna.samplers.TPESampler(seed=spec.seed) if spec.search == "optuna"
+               else optuna.samplers.RandomSampler(seed=spec.seed))
+    searcher = OptunaSearch(space=define_space(spec.space, layers), metric=spec.metric, mode=spec.mode,
+                            sampler=sampler)
+    if spec.scheduler.kind == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max(max_reports, spec.scheduler.grace_period),
+                                  grace_period=spec.scheduler.grace_period,
+                                  reduction_factor=spec.scheduler.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    return tune.Tuner(
+        _trainable(setup),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
+                                    max_concurrent_trials=spec.max_concurrent_trials, metric=spec.metric,
+                                    mode=spec.mode),
+        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(storage), verbose=0),
+    )
+
+
+def run_search(spec: TuneSpec, setup: TrialSetup, storage: Path, max_reports: int, resume: bool = False
+               ) -> list[TrialRow]:
+    """Run (or continue) the search; one row per trial."""
+    from ray import tune
+
+    storage = storage.resolve()
+    path = storage / EXPERIMENT
+    if resume and tune.Tuner.can_restore(str(path)):
+        tuner = tune.Tuner.restore(str(path), trainable=_trainable(setup), resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        tuner = _tuner(spec, setup, num_layers(setup.model), storage, max_reports)
+    grid = tuner.fit()
+    return [_row(grid[i], spec.metric) for i in range(len(grid))]
+
+
+def _row(result, metric: str) -> TrialRow:
+    m = result.metrics or {}
+    params = {k: v for k, v in (result.config or {}).items()}
+    value = m.get(metric)
+    if result.error is not None:
+        state = "error"
+    elif m.get(DIVERGED):
+        state = DIVERGED
+    elif m.get("final"):
+        state = "done"
+    else:
+        state = "stopped"
+    first_line = str(result.error).strip().splitlines()[0][:200] if result.error is not None else ""
+    return TrialRow(
+        trial_id=str(m.get("trial_id") or Path(result.path).name),
+        params=params,
+        metric=float(value) if value is not None and state != DIVERGED and math.isfinite(float(value)) else None,
+        state=state,
+        steps=int(m.get("global_step") or m.get("step") or 0),
+        time_s=float(m.get("time_total_s") or 0.0),
+        diagnosis=str(m.get(DIAGNOSIS) or first_line),
+    )
+
+
+def best_row(rows: list[TrialRow], mode: str) -> TrialRow | None:
+    usable = [r for r in rows if r.metric is not None and r.state in ("done", "stopped")]
+    if not usable:
+        return None
+    return (min if mode == "min" else max)(usable, key=lambda r: r.metric)

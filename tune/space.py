@@ -1,0 +1,148 @@
+"""Search spaces: the spec's ``tune:`` section, validated, and turned into Optuna suggestions.
+
+A space maps a *dotted option path* of the tuned method (``learning_rate``,
+``adapter.rank``, ``warmup_ratio``, ...) to a distribution:
+
+- ``{low, high, log}``: a float (``log: true`` samples log-uniformly); ints
+  when ``int: true``;
+- a list: one of these values (categorical).
+
+``layers: {}`` is special: it searches the adapted layer range as a
+``(start, end)`` pair with ``0 <= start <= end < num_layers`` (read from the
+model's config), and makes the adapter hierarchical. The pair is suggested
+define-by-run (``end`` drawn from ``[start, num_layers - 1]``), so no sampled
+range is ever invalid and TPE learns over the valid region only.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+LAYERS = "layers"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Range(_Strict):
+    low: float
+    high: float
+    log: bool = False
+    int: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> "Range":
+        if self.low > self.high:
+            raise ValueError(f"low: {self.low} is above high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError("low: a log-uniform range needs low > 0")
+        return self
+
+
+class LayerRange(_Strict):
+    """The adapted layers as (start, end); ``min_width`` layers at least."""
+
+    min_width: PositiveInt = 1
+
+
+class ASHA(_Strict):
+    kind: Literal["asha"] = "asha"
+    grace_period: PositiveInt = 5  # reports (logging steps) before a trial can be stopped
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class NoScheduler(_Strict):
+    kind: Literal["fifo"] = "fifo"
+
+
+class TrialResources(_Strict):
+    """Per trial, for its Ray Train workers; fractional GPUs let several trials share one GPU."""
+
+    cpu: float = Field(1.0, ge=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class TuneSpec(_Strict):
+    method: str  # the name of the method (in ``methods:``) whose options are searched
+    metric: str = "loss"  # reported at every logging step by the training runner
+    mode: Literal["min", "max"] = "min"
+    num_samples: PositiveInt = 8
+    max_concurrent_trials: PositiveInt = 2
+    search: Literal["optuna", "random"] = "optuna"  # TPE, or random sampling of the same space
+    scheduler: ASHA | NoScheduler = Field(default_factory=ASHA, discriminator="kind")
+    resources_per_trial: TrialResources = Field(default_factory=TrialResources)
+    # What a diverged trial reports instead of NaN (Optuna rejects NaN): worse than any real value.
+    divergence_penalty: PositiveFloat = 1000.0
+    space: dict[str, Range | list[Any] | LayerRange] = Field(min_length=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "TuneSpec":
+        for key, dist in self.space.items():
+            if isinstance(dist, list) and not dist:
+                raise ValueError(f"space.{key}: an empty list of choices")
+            if key == LAYERS and not isinstance(dist, LayerRange):
+                raise ValueError(f"space.{key}: use '{LAYERS}: {{}}' (or {{min_width: N}}) for the layer range")
+            if key != LAYERS and isinstance(dist, LayerRange):
+                raise ValueError(f"space.{key}: expected {{low, high}} or a list of choices")
+        return self
+
+    @property
+    def penalty(self) -> float:
+        """The value a diverged trial reports, on the bad side of ``mode``."""
+        return self.divergence_penalty if self.mode == "min" else -self.divergence_penalty
+
+
+def define_space(space: dict[str, Range | list | LayerRange], num_layers: int):
+    """An Optuna define-by-run function over ``space`` (``OptunaSearch(space=...)``)."""
+
+    def suggest(trial) -> None:
+        for key, dist in space.items():
+            if isinstance(dist, LayerRange):
+                width = min(dist.min_width, num_layers)
+                start = trial.suggest_int("layer_start", 0, num_layers - width)
+                trial.suggest_int("layer_end", start + width - 1, num_layers - 1)
+            elif isinstance(dist, list):
+                trial.suggest_categorical(key, dist)
+            elif dist.int:
+                trial.suggest_int(key, int(dist.low), int(dist.high), log=dist.log)
+            else:
+                trial.suggest_float(key, dist.low, dist.high, log=dist.log)
+
+    return suggest
+
+
+def apply_params(options: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The method's options with a trial's parameters set (dotted paths; the layer pair sets the adapter)."""
+    out = copy.deepcopy(options)
+    for key, value in params.items():
+        if key == "layer_start":
+            adapter = out.setdefault("adapter", {})
+            adapter["scope"] = "hierarchical"
+            adapter["layers"] = [int(value), int(params["layer_end"])]
+            continue
+        if key == "layer_end":
+            continue
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def representative_params(space: dict[str, Range | list | LayerRange]) -> dict[str, Any]:
+    """One point of every distribution (its low end / first choice), to check paths and types before a search."""
+    out: dict[str, Any] = {}
+    for key, dist in space.items():
+        if isinstance(dist, LayerRange):
+            out.update(layer_start=0, layer_end=dist.min_width - 1)
+        elif isinstance(dist, list):
+            out[key] = dist[0]
+        else:
+            out[key] = int(dist.low) if dist.int else dist.low
+    return out

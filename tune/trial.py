@@ -1,0 +1,99 @@
+"""One Ray Tune trial: the tuned method's own training path with a trial's parameters.
+
+:func:`run_trial` builds the method's ``Options`` from the spec's options plus
+the sampled parameters, asks the method module for its training job
+(``training_job(records, options, context)``, the same function its
+``predict`` uses) and runs it with ``jobs.training.runner.run_training``.
+The runner's divergence guard reports every logging step through
+``ray.train.report``; :class:`TrialReport` forwards those reports to Tune,
+turning a diverged step into a finite penalty (Optuna rejects NaN and a trial
+left hanging teaches the searcher nothing) and marking the trial diverged.
+The guard has already stopped training at that step, so the trial ends there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from tune.space import apply_params
+
+DIVERGED = "diverged"  # result key: 1 when the trial diverged
+DIAGNOSIS = "diagnosis"  # result key: the guard's one-line diagnosis
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial shares (``tune.with_parameters`` puts it in the object store once)."""
+
+    kind: str  # the tuned method's kind (sft, dpo, grpo, ...)
+    options: dict[str, Any]  # its validated options from the spec
+    records: list  # the training records (TaskRecords)
+    model: dict  # the spec's model section
+    root: Path  # trial work directories live under it
+    metric: str
+    penalty: float
+    seed: int = 0
+    use_gpu: bool = False
+
+
+class Objective:
+    """Keeps the objective present and finite in every report of one trial."""
+
+    def __init__(self, metric: str, penalty: float):
+        self.metric, self.penalty = metric, penalty
+        self.last: float | None = None
+        self.diagnosis: str | None = None
+
+    def __call__(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        m = dict(metrics)
+        value = m.get(self.metric)
+        if self.diagnosis is None and m.get(DIVERGED):  # the runner's guard says why
+            self.diagnosis = str(m[DIVERGED])
+        if self.diagnosis is None and value is not None and not math.isfinite(float(value)):
+            self.diagnosis = f"non-finite {self.metric} ({value}) at step {m.get('step', '?')}"
+        if self.diagnosis is not None:
+            m[self.metric], m[DIVERGED], m[DIAGNOSIS] = self.penalty, 1, self.diagnosis
+        elif value is not None:
+            self.last = float(value)
+            m[DIVERGED] = 0
+        elif self.last is not None:  # the end-of-training summary: carry the last objective
+            m[self.metric], m[DIVERGED] = self.last, 0
+        return m
+
+
+class TrialReport(TuneReportCallback):
+    """Forward Ray Train reports (rank 0's) to Tune through :class:`Objective`."""
+
+    def __init__(self, metric: str, penalty: float):
+        super().__init__()
+        self.objective = Objective(metric, penalty)
+
+    def after_report(self, run_context, metrics, checkpoint):
+        super().after_report(run_context, [self.objective(metrics[0])], checkpoint)
+
+
+def trial_options(setup: TrialSetup, params: dict[str, Any]):
+    from jobs.registry import method_module
+
+    module = method_module(setup.kind)
+    return module, module.Options.model_validate(apply_params(setup.options, params))
+
+
+def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
+    """The Tune trainable: train once with ``params``; every step is reported by the runner."""
+    from ray import tune
+
+    from jobs.registry import MethodContext
+    from jobs.training.runner import run_training
+
+    module, options = trial_options(setup, params)
+    trial_id = tune.get_context().get_trial_id()
+    context = MethodContext(model=setup.model, work_dir=setup.root / trial_id, seed=setup.seed,
+                            use_gpu=setup.use_gpu)
+    job = module.training_job(setup.records, options, context)
+    run_training(job, callbacks=[TrialReport(setup.metric, setup.penalty)])
