@@ -77,11 +77,11 @@ def check_vocabularies(student: dict, teacher: dict) -> None:
                          f"'{student.get('name')}' {sizes[0]}: logit distillation needs a shared vocabulary")
 
 
-def predict(records: list[TaskRecord], options: Options, context: MethodContext) -> MethodOutput:
+def training_job(records: list[TaskRecord], options: Options, context: MethodContext):
+    """The training run ``predict`` makes (a Ray Tune trial runs the same one)."""
     from data.prompts import build_messages
-    from jobs.training.answer import method_output
     from jobs.training.data import to_dataset, training_records
-    from jobs.training.runner import TrainJob, run_training
+    from jobs.training.runner import TrainJob
 
     rows = [{"prompt": build_messages(r, options.generation.prompt)}
             for r in training_records(options.train_data, records)]
@@ -91,6 +91,13 @@ def predict(records: list[TaskRecord], options: Options, context: MethodContext)
         raise ValueError(f"distill: {len(rows)} training prompts, fewer than one batch (batch_size x num_workers x "
                          f"grad_accum = {batch})")
     check_vocabularies(context.model, options.teacher.model_dump())
-    outcome = run_training(TrainJob(build=build_trainer, options=options, rows=rows, model=context.model,
-                                    work_dir=context.work_dir, seed=context.seed, use_gpu=context.use_gpu))
+    return TrainJob(build=build_trainer, options=options, rows=rows, model=context.model, work_dir=context.work_dir,
+                    seed=context.seed, use_gpu=context.use_gpu, method=context.method)
+
+
+def predict(records: list[TaskRecord], options: Options, context: MethodContext) -> MethodOutput:
+    from jobs.training.answer import method_output
+    from jobs.training.runner import run_training
+
+    outcome = run_training(training_job(records, options, context))
     return method_output(records, outcome, options.generation, context)

@@ -31,13 +31,20 @@ def build_trainer(setup):
                       processing_class=setup.tokenizer, peft_config=setup.peft_config)
 
 
-def predict(records: list[TaskRecord], options: Options, context: MethodContext) -> MethodOutput:
-    from jobs.training.answer import method_output
+def training_job(records: list[TaskRecord], options: Options, context: MethodContext):
+    """The training run ``predict`` makes (a Ray Tune trial runs the same one)."""
     from jobs.training.data import preference_rows, to_dataset, training_records
-    from jobs.training.runner import TrainJob, run_training
+    from jobs.training.runner import TrainJob
 
     rows = preference_rows(training_records(options.train_data, records), options.generation.prompt)
     to_dataset(rows, "dpo preference")
-    outcome = run_training(TrainJob(build=build_trainer, options=options, rows=rows, model=context.model,
-                                    work_dir=context.work_dir, seed=context.seed, use_gpu=context.use_gpu))
+    return TrainJob(build=build_trainer, options=options, rows=rows, model=context.model, work_dir=context.work_dir,
+                    seed=context.seed, use_gpu=context.use_gpu, method=context.method)
+
+
+def predict(records: list[TaskRecord], options: Options, context: MethodContext) -> MethodOutput:
+    from jobs.training.answer import method_output
+    from jobs.training.runner import run_training
+
+    outcome = run_training(training_job(records, options, context))
     return method_output(records, outcome, options.generation, context)

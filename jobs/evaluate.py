@@ -16,7 +16,7 @@ several samples. Metrics are fractions over the records the method answered
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from math import comb
 from typing import Any, Callable, Sequence
 
@@ -192,7 +192,7 @@ def run_eval_job(
     module = method_module(request.kind)
     options = module.Options.model_validate(request.options)
     t0 = time.monotonic()
-    output = module.predict(records, options, request.context)
+    output = module.predict(records, options, replace(request.context, executor=executor))
     t1 = time.monotonic()
     if len(output.codes) != len(records):
         raise RuntimeError(

@@ -9,9 +9,9 @@ evaluated records with the same messages.
 
 Rewards (``jobs.training.rewards``) are chosen and weighted in the spec,
 ``rewards: {recode: 1.0, execution: 0.5}``. The ``execution`` reward runs the
-completions in the run's sandbox pool (the Ray actors the eval job uses), found
-by name, or, outside a run or with ``executor: local``, in sandbox slots inside
-each training worker. Per-step reward means go to ``rewards.jsonl`` in the
+completions in the run's sandbox pool (the Ray actors the eval job uses, given
+to methods as ``context.executor``), or, outside a run or with ``executor: local``,
+in sandbox slots inside each training worker. Per-step reward means go to ``rewards.jsonl`` in the
 job's outputs and the first/last step's mean reward to the job's metrics.
 """
 
@@ -57,7 +57,7 @@ class Options(TrainingOptions):
     max_completion_length: PositiveInt = 256
     temperature: PositiveFloat = 1.0  # sampling temperature while training
     beta: float = Field(0.0, ge=0)  # KL penalty to the base model (TRL's default: none)
-    loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = "dapo"
+    loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo"] = "dapo"
     instruction: str = THINK_ANSWER  # appended to the system message; "" = the strategy's prompt as is
     executor: Literal["auto", "pool", "local"] = "auto"  # auto: the run's sandbox pool if there is one
     sandbox_slots: PositiveInt = 1  # local executor: sandbox servers per training worker
@@ -86,13 +86,18 @@ def messages(record: TaskRecord, options: Options) -> list[dict]:
 
 
 def grpo_rows(records: list[TaskRecord], options: Options) -> list[dict]:
-    """One prompt per record, with the columns the chosen rewards read."""
+    """One prompt per record, with the columns the chosen rewards read.
+
+    The execution reward needs tests, and runs programs under the sandbox's own interpreter, so records
+    that need a per-problem environment (GitChameleon) are left out when it is chosen.
+    """
     from jobs.training.rewards import reward_columns
 
     needs_ref = any(n.startswith("recode") for n in options.rewards)
-    needs_tests = "execution" in options.rewards
+    runs = "execution" in options.rewards
     return [{"prompt": messages(r, options), **reward_columns(r)} for r in records
-            if (r.reference or not needs_ref) and (r.tests or not needs_tests)]
+            if (r.reference or not needs_ref)
+            and (not runs or (r.tests and not r.env.requirements and not r.env.python))]
 
 
 def reward_log_callback(path: Path, rewards: list):
@@ -151,25 +156,10 @@ class LocalSandboxFactory:
         return SandboxExecutor(parallelism=self.parallelism)
 
 
-def find_pool(context: MethodContext):
-    """The run's sandbox pool (the driver names its actors ``sandbox-<run dir name>-<i>``), or None."""
-    import ray
-
-    from jobs.pool import SandboxPool
-
-    if not ray.is_initialized():
-        return None
-    run = Path(context.work_dir).parent.parent.name  # work_dir = <run dir>/work/<job id>
-    prefix = f"sandbox-{run}-"
-    names = [n for n in ray.util.list_named_actors() if n.startswith(prefix) and n[len(prefix):].isdigit()]
-    if not names:
-        return None
-    return SandboxPool([ray.get_actor(n) for n in sorted(names, key=lambda n: int(n[len(prefix):]))])
-
-
-def predict(records: list[TaskRecord], options: Options, context: MethodContext) -> MethodOutput:
+def training_job(records: list[TaskRecord], options: Options, context: MethodContext):
+    """The training run ``predict`` makes (a Ray Tune trial runs the same one)."""
     from jobs.training.data import to_dataset, training_records
-    from jobs.training.runner import TrainJob, run_training
+    from jobs.training.runner import TrainJob
 
     rows = grpo_rows(training_records(options.train_data, records), options)
     to_dataset(rows, "grpo prompt")  # fail before any worker starts
@@ -179,14 +169,21 @@ def predict(records: list[TaskRecord], options: Options, context: MethodContext)
                          f"num_workers x grad_accum / num_generations = {group})")
     pool = None
     if "execution" in options.rewards and options.executor != "local":
-        pool = getattr(context, "executor", None) or find_pool(context)
+        pool = context.executor  # the run's sandbox pool, when the driver runs this job
         if pool is None and options.executor == "pool":
             raise RuntimeError("grpo: executor: pool, but this run has no sandbox pool")
+    return TrainJob(build=build_trainer, options=options, rows=rows, model=context.model, work_dir=context.work_dir,
+                    seed=context.seed, use_gpu=context.use_gpu, extra={"pool": pool}, method=context.method)
+
+
+def predict(records: list[TaskRecord], options: Options, context: MethodContext) -> MethodOutput:
+    from jobs.training.answer import method_output
+    from jobs.training.runner import run_training
+
     log = Path(context.work_dir) / REWARD_LOG
-    outcome = run_training(TrainJob(build=build_trainer, options=options, rows=rows, model=context.model,
-                                    work_dir=context.work_dir, seed=context.seed, use_gpu=context.use_gpu,
-                                    extra={"pool": pool}))
-    output = _answer(records, outcome, options, context)
+    outcome = run_training(training_job(records, options, context))
+    output = method_output(records, outcome, options.generation, context,
+                           chats=[messages(r, options) for r in records])
     by_step = {}  # a worker restart logs some steps again: keep the last
     for line in log.read_text().splitlines() if log.exists() else []:
         row = json.loads(line)
@@ -196,24 +193,3 @@ def predict(records: list[TaskRecord], options: Options, context: MethodContext)
         output.metrics.update(reward_first=history[0]["reward"], reward_last=history[-1]["reward"])
     output.files[REWARD_LOG] = "".join(json.dumps(h) + "\n" for h in history)
     return output
-
-
-def _answer(records: list[TaskRecord], outcome, options: Options, context: MethodContext) -> MethodOutput:
-    """``answer.method_output`` with GRPO's messages (the instruction added) instead of the bare strategy."""
-    from data.prompts import extract_code
-    from jobs.generation import GenerationSettings, generate
-    from jobs.training.answer import REPORTED, load_adapted
-    from jobs.training.guards import degenerate_answers
-
-    gen = options.generation
-    metrics = {k: float(outcome.metrics[k]) for k in REPORTED if k in outcome.metrics}
-    diverged, codes = outcome.diverged, [None] * len(records)
-    if diverged is None and outcome.adapter_dir is not None and records:
-        model, tokenizer = load_adapted(context.model, outcome.adapter_dir, context.use_gpu)
-        settings = GenerationSettings(max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size, seed=context.seed)
-        texts = [s[0] for s in generate(model, tokenizer, [messages(r, options) for r in records], settings)]
-        diverged = degenerate_answers(texts)
-        codes = [extract_code(t) for t in texts]
-    summary = {"metrics": outcome.metrics, "diverged": diverged, "adapter_dir": str(outcome.adapter_dir)}
-    return MethodOutput(codes=codes, train_time_s=outcome.train_time_s, metrics=metrics, diverged=diverged,
-                        files={"training.json": json.dumps(summary, indent=2) + "\n"})

@@ -41,6 +41,7 @@ class MethodContext:
     seed: int = 0
     use_gpu: bool = False
     method: str = ""  # the method's name in the spec: tags metrics and names Ray tasks
+    executor: Any = None  # the run's sandbox pool (a jobs.executor.Executor), for execution rewards
 
 
 @dataclass

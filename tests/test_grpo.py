@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from pydantic import ValidationError
 
 from data.migrations import load_migrations
+from data.records import Environment
 from jobs.grpo import THINK_ANSWER, Options, grpo_rows, messages
 from jobs.registry import MethodContext
 
@@ -34,6 +36,9 @@ def test_rows_carry_the_reward_columns_and_the_format_instruction():
     assert row["code_prefix"] == rec.code_for("") and row["new_api"] == rec.update.new_api
     assert row["prompt"][0]["role"] == "system" and row["prompt"][0]["content"].endswith(THINK_ANSWER.strip())
     assert rec.prompt.strip() in row["prompt"][1]["content"]
+    needs_env = replace(rec, env=Environment(python="3.9"))  # its programs can't run in the sandbox's interpreter
+    assert len(grpo_rows([needs_env], Options(rewards={"recode": 1.0}))) == 1
+    assert grpo_rows([needs_env], Options(rewards={"execution": 1.0})) == []
     plain = messages(rec, Options(instruction=""))
     assert "<think>" not in plain[0]["content"]
 
@@ -54,32 +59,29 @@ def test_local_sandbox_factory_pickles_and_builds_on_use():
 
 @pytest.mark.slow
 def test_grpo_on_two_workers_with_the_runs_sandbox_pool_logs_rewards(tmp_path):
-    """One Ray instance for both: the pool lookup and reward through it, then a tiny GRPO run using that pool."""
+    """One Ray instance for both: the reward through a sandbox pool, then a tiny GRPO run given that pool."""
     import ray
 
-    from jobs.grpo import find_pool, predict
+    from jobs.grpo import predict
     from jobs.pool import SandboxPool
     from jobs.training.rewards import ExecutionReward
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace="apimig")
     try:
-        started = SandboxPool.start(size=1, preload=("math",), name="sandbox-run")  # as the driver names it
-        other = SandboxPool.start(size=1, preload=("math",), name="sandbox-run10")  # another run's pool
-        assert find_pool(MethodContext(model={}, work_dir=tmp_path / "nope" / "work" / "grpo")) is None
-        pool = find_pool(MethodContext(model={}, work_dir=tmp_path / "run" / "work" / "grpo"))
-        assert pool is not None and len(pool.actors) == 1
+        pool = SandboxPool.start(size=1, preload=("math",), name="sandbox-run")
         fence = "```"
         out = ExecutionReward(pool)(prompts=["p"] * 2, completions=[f"{fence}python\nx = {v}\n{fence}" for v in (2, 3)],
                                     code_prefix=["", ""], tests=[["assert x == 2"]] * 2)
         assert out == [1.5, 0.5]  # runs + its test passed; runs, test failed
-        assert sum(s["done"] for s in started.stats()) == 2 and sum(s["done"] for s in other.stats()) == 0
+        assert sum(s["done"] for s in pool.stats()) == 2
 
         options = Options(
             rewards={"recode": 1.0, "execution": 0.5}, executor="pool", max_steps=2, batch_size=2, num_workers=2,
             cpus_per_worker=0.5, num_generations=4, max_completion_length=12, save_steps=100,
             generation={"max_new_tokens": 8, "batch_size": 4},
         )
-        context = MethodContext(model={"name": "tiny"}, work_dir=tmp_path / "run" / "work" / "grpo", seed=0)
+        context = MethodContext(model={"name": "tiny"}, work_dir=tmp_path / "run" / "work" / "grpo", seed=0,
+                                executor=pool)
         out = predict(stdlib_records(2), options, context)
     finally:
         ray.shutdown()

@@ -69,7 +69,8 @@ def test_rows_and_sources(tmp_path):
     teacher = tmp_path / "teacher.jsonl"
     teacher.write_text('{"dependency": "numpy", "new_version": "2.0", "description": "d", "update_info": "u",'
                        ' "old_code": "np.float_(1)", "new_code": "np.float64(1)"}\n')
-    recs = load_sources([TrainDataSource(kind="teacher", path=str(teacher)), TrainDataSource(kind="migrations", limit=2)])
+    recs = load_sources([TrainDataSource(kind="teacher", path=str(teacher)),
+                         TrainDataSource(kind="migrations", limit=2)])
     assert len(recs) == 3 and recs[0].reference == "np.float64(1)"
     with pytest.raises(TrainingDataError, match=r"train_data\[0\]"):
         load_sources([TrainDataSource(kind="recode", path=str(tmp_path / "missing.jsonl"))])
@@ -106,6 +107,8 @@ def test_guard_checks():
     assert "non-finite grad norm" in guard.check({"loss": 7.0, "grad_norm": math.inf}, 3)
     assert "exploded" in guard.check({"loss": 1e5}, 4)
     assert guard.check({"loss": 40.0}, 5) is None  # below the floor of 50
+    assert "collapsed to 0" in guard.check({"loss": 7.6, "grad_norm": 0.0}, 6)  # after step 1's positive norm
+    assert DivergenceGuard().check({"loss": 7.6, "grad_norm": 0.0}, 1) is None  # no gradient seen yet
 
 
 def test_degenerate_answers():
@@ -177,3 +180,21 @@ def test_restore_picks_the_newest_complete_checkpoint(tmp_path):
     final = _checkpoint_dir(storage, "final", summary={"metrics": {"global_step": 6}, "diverged": None})
     resume, summary = _restore(Checkpoint(str(final)), storage, tmp_path / "r4")
     assert resume is None and summary["metrics"]["global_step"] == 6  # finished: nothing to train again
+
+
+def test_guard_batches_reports_and_reports_divergence_at_once():
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    reported, decisions = [], []
+    guard = DivergenceGuard(report=reported.append, min_interval_s=3600,
+                            agree=lambda due: decisions.append(due) or due)
+    control = TrainerControl()
+    for step, loss in [(1, 7.6), (2, 7.5), (3, math.nan), ]:
+        guard.on_log(None, SimpleNamespace(global_step=step), control, logs={"loss": loss, "grad_norm": 0.5})
+    assert decisions == [False, False, True] and control.should_training_stop
+    assert len(reported) == 1 and [h["step"] for h in reported[0]["history"]] == [1, 2, 3]
+    assert reported[0]["step"] == 3 and "non-finite loss" in reported[0]["diverged"]
+    guard.on_train_end(None, None, control)  # nothing pending: no extra report
+    assert len(reported) == 1

@@ -31,12 +31,12 @@ _MEMORY: dict[str, torch.Tensor] = {}
 
 
 def code_corpus() -> list[str]:
-    """The default corpus: the built-in migrations (prompt, old and new code, test) and HumanEval."""
+    """The default corpus: the built-in migrations' first variants (prompt, old and new code, test) and HumanEval."""
     from data.humaneval import load_humaneval
     from data.migrations import load_migrations
 
     texts: list[str] = []
-    for rec in load_migrations():
+    for rec in load_migrations(split="train"):  # held-out variants stay unseen
         texts += [rec.prompt, rec.old_code or "", rec.reference or "", *rec.tests]
     for rec in load_humaneval():
         texts += [rec.prompt + (rec.reference or "")]
@@ -132,6 +132,7 @@ def _compute(model, tokenizer, names: Sequence[str], hp: EditHParams, batch_size
     texts = load_corpus(hp.mom2_dataset)[: hp.mom2_n_samples]
     if not texts:
         raise ValueError(f"hparams.mom2_dataset: '{hp.mom2_dataset}' has no text")
+    max_length = min(hp.mom2_max_length, getattr(model.config, "max_position_embeddings", None) or hp.mom2_max_length)
     sums: dict[str, torch.Tensor] = {}
     count = 0
     side = tokenizer.padding_side
@@ -139,7 +140,7 @@ def _compute(model, tokenizer, names: Sequence[str], hp: EditHParams, batch_size
     try:
         for start in range(0, len(texts), batch_size):
             batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                              truncation=True, max_length=hp.mom2_max_length).to(model.device)
+                              truncation=True, max_length=max_length).to(model.device)
             mask = batch["attention_mask"].bool()
             with torch.no_grad(), captured(model, names, "input") as store:
                 model(**batch)

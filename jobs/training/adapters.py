@@ -18,7 +18,9 @@ def layer_range(options: AdapterOptions, num_layers: int) -> list[int] | None:
         return list(range(first, num_layers))
     a, b = (i + num_layers if i < 0 else i for i in options.layers)
     if not (0 <= a <= b < num_layers):
-        raise ValueError(f"adapter.layers: {list(options.layers)} is not a range within the model's {num_layers} layers")
+        raise ValueError(
+            f"adapter.layers: {list(options.layers)} is not a range within the model's {num_layers} layers"
+        )
     return list(range(a, b + 1))
 
 

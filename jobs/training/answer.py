@@ -27,24 +27,27 @@ def load_adapted(model: dict, adapter_dir: Path, use_gpu: bool):
     return PeftModel.from_pretrained(base, str(adapter_dir)), tokenizer
 
 
-def answer(model, tokenizer, records: Sequence[TaskRecord], gen: GenerationOptions, seed: int) -> list[str]:
+def answer(model, tokenizer, chats: Sequence[list[dict]], gen: GenerationOptions, seed: int) -> list[str]:
     from jobs.generation import GenerationSettings, generate
 
-    chats = [build_messages(r, gen.prompt) for r in records]
     settings = GenerationSettings(max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size, seed=seed)
     return [samples[0] for samples in generate(model, tokenizer, chats, settings)]
 
 
 def method_output(records: Sequence[TaskRecord], outcome: TrainOutcome, gen: GenerationOptions,
-                  context: MethodContext) -> MethodOutput:
-    """Answers from the trained adapter; a diverged run answers nothing (its diagnosis is the result)."""
+                  context: MethodContext, chats: Sequence[list[dict]] | None = None) -> MethodOutput:
+    """Answers from the trained adapter; a diverged run answers nothing (its diagnosis is the result).
+
+    ``chats``: the prompts to answer, one per record (default: the ``gen.prompt`` strategy's messages).
+    """
     metrics = {k: float(outcome.metrics[k]) for k in REPORTED if k in outcome.metrics}
     summary = {"metrics": outcome.metrics, "diverged": outcome.diverged, "adapter_dir": str(outcome.adapter_dir)}
     diverged = outcome.diverged
     codes: list[str | None] = [None] * len(records)
     if diverged is None and outcome.adapter_dir is not None and records:
         model, tokenizer = load_adapted(context.model, outcome.adapter_dir, context.use_gpu)
-        texts = answer(model, tokenizer, records, gen, context.seed)
+        chats = chats if chats is not None else [build_messages(r, gen.prompt) for r in records]
+        texts = answer(model, tokenizer, chats, gen, context.seed)
         diverged = degenerate_answers(texts)
         codes = [extract_code(t) for t in texts]
     summary["diverged"] = diverged

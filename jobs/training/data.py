@@ -33,7 +33,7 @@ def load_sources(sources: Sequence[TrainDataSource]) -> list[TaskRecord]:
     for i, src in enumerate(sources):
         kind = "recode" if src.kind == "teacher" else src.kind
         try:
-            records += load_dataset(kind, src.path, src.limit)
+            records += load_dataset(kind, src.path, src.limit, split=src.split)
         except (OSError, ValueError) as exc:
             raise TrainingDataError(f"train_data[{i}]: {exc}") from None
     return records
@@ -41,7 +41,10 @@ def load_sources(sources: Sequence[TrainDataSource]) -> list[TaskRecord]:
 
 def sft_rows(records: Sequence[TaskRecord], strategy: str = "basic") -> list[dict]:
     return [
-        {"prompt": build_messages(r, strategy), "completion": [{"role": "assistant", "content": answer_text(r.reference)}]}
+        {
+            "prompt": build_messages(r, strategy),
+            "completion": [{"role": "assistant", "content": answer_text(r.reference)}],
+        }
         for r in records if r.reference
     ]
 

@@ -12,27 +12,39 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 from transformers import TrainerCallback
 
-STEP_KEYS = ("loss", "grad_norm", "learning_rate", "epoch")
+STEP_KEYS = ("loss", "grad_norm", "learning_rate", "epoch", "reward")
 LOSS_FLOOR = 50.0  # a loss above max(LOSS_FLOOR, EXPLOSION_FACTOR x the first one) has exploded
 EXPLOSION_FACTOR = 10.0
 
 
 class DivergenceGuard(TrainerCallback):
-    """Stop training at the first log with a non-finite or exploded loss, or a non-finite gradient norm.
+    """Stop training at the first log with a non-finite or exploded loss, or a gradient norm that is
+    non-finite or collapsed to exactly 0 after being positive (a too-high learning rate saturates the
+    model: the loss sits at ln(vocabulary) and nothing trains any more).
 
     ``report`` (e.g. ``ray.train.report``) receives every step's metrics, so a
-    Ray Tune trial running the same code sees per-step loss and gradient norm.
+    Ray Tune trial running the same code sees per-step loss and gradient norm:
+    at most every ``min_interval_s``, the latest step's values at the top level
+    and all steps since the previous report in ``history``; a divergence is
+    reported at once. ``agree`` makes the when-to-report decision the same on
+    every worker (``ray.train.report`` is a collective).
     """
 
-    def __init__(self, report: Callable[[dict], None] | None = None):
-        self.report = report
+    def __init__(self, report: Callable[[dict], None] | None = None, min_interval_s: float = 0.0,
+                 agree: Callable[[bool], bool] | None = None):
+        self.report, self.min_interval_s = report, min_interval_s
+        self.agree = agree or (lambda due: due)  # a collective: every worker takes rank 0's decision
+        self.pending: list[dict] = []
+        self.last_report = time.monotonic()
         self.diagnosis: str | None = None
         self.first_loss: float | None = None
+        self.had_gradient = False
 
     def check(self, logs: dict, step: int) -> str | None:
         lr = logs.get("learning_rate")
@@ -40,6 +52,13 @@ class DivergenceGuard(TrainerCallback):
         for key in ("loss", "grad_norm"):
             if key in logs and not math.isfinite(float(logs[key])):
                 return f"non-finite {key.replace('_', ' ')} ({float(logs[key])}) {at}"
+        if "grad_norm" in logs:
+            if float(logs["grad_norm"]) > 0:
+                self.had_gradient = True
+            # Exactly zero after training had gradients: saturated, dead units. Not in GRPO when every
+            # group's rewards are equal (frac_reward_zero_std = 1): its advantages, and gradient, are 0.
+            elif self.had_gradient and float(logs.get("frac_reward_zero_std", 0.0)) < 1.0:
+                return f"gradient norm collapsed to 0 (saturated model) {at}"
         if "loss" in logs:
             loss = float(logs["loss"])
             if self.first_loss is None:
@@ -58,11 +77,27 @@ class DivergenceGuard(TrainerCallback):
         if self.diagnosis is not None:
             control.should_training_stop = True
             control.should_save = False  # a diverged state is not worth resuming from
-        if self.report is not None:
-            metrics = {"step": state.global_step, **{k: float(logs[k]) for k in STEP_KEYS if k in logs}}
-            if self.diagnosis is not None:
-                metrics["diverged"] = self.diagnosis
-            self.report(metrics)
+        if self.report is None:
+            return
+        metrics = {"step": state.global_step, **{k: float(logs[k]) for k in STEP_KEYS if k in logs}}
+        if self.diagnosis is not None:
+            metrics["diverged"] = self.diagnosis
+        self.pending.append(metrics)
+        due = self.diagnosis is not None or time.monotonic() - self.last_report >= self.min_interval_s
+        if self.agree(due):
+            self._flush()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.report is not None and self.agree(bool(self.pending)):
+            self._flush()
+
+    def _flush(self) -> None:
+        # Ray Train V2 holds one unconsumed report per worker and its controller takes them every 2 s:
+        # a report per step would stall every fast step, so the steps since the last report travel together.
+        latest = dict(self.pending[-1]) if self.pending else {}
+        self.report({**latest, "history": self.pending})
+        self.pending = []
+        self.last_report = time.monotonic()
 
 
 def degenerate(text: str) -> bool:

@@ -54,9 +54,12 @@ class TrainDataSource(_Strict):
     kind: Literal["migrations", "codeupdatearena", "recode", "teacher"]
     path: str | None = None
     limit: PositiveInt | None = None
+    split: Literal["train", "test"] | None = None  # built-in migrations: train = each case's first variant
 
     @model_validator(mode="after")
     def _check(self) -> "TrainDataSource":
+        if self.split is not None and self.kind != "migrations":
+            raise ValueError(f"split: only the built-in migrations have splits, not '{self.kind}'")
         if self.kind in ("recode", "teacher") and self.path is None:
             raise ValueError(f"path: training data of kind '{self.kind}' needs a path")
         return self
@@ -87,6 +90,7 @@ class TrainingOptions(MethodOptions):
     save_steps: PositiveInt = 50  # checkpoint period (a checkpoint is also kept at the end)
     num_workers: PositiveInt = 2  # Ray Train workers
     cpus_per_worker: float = Field(1.0, ge=0)
+    gpus_per_worker: float = Field(1.0, gt=0, le=8)  # with use_gpu; a fraction lets trials share a GPU
     deepspeed: DeepSpeedOptions | None = None
     max_failures: int = Field(1, ge=-1)  # worker failures tolerated (restart from the last checkpoint); -1 = any
     generation: GenerationOptions = Field(default_factory=GenerationOptions)

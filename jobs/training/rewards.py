@@ -119,13 +119,15 @@ class ExecutionReward:
 
     ``executor`` may be a zero-argument factory: it is then built on first use, in the process that
     trains (an executor holding live sandbox servers does not pickle into a Ray Train worker).
-    Columns: ``code_prefix``, ``tests``, ``new_api``, ``old_api``.
+    Columns: ``code_prefix``, ``tests``, ``new_api``, ``old_api``. Programs run under the executor's own
+    interpreter: records that need a per-problem environment (GitChameleon) are not supported here yet.
     """
 
     def __init__(self, executor: Executor | Callable[[], Executor], weights: ExecutionWeights = ExecutionWeights(),
                  timeout_s: float = 5.0):
         self.__name__ = "execution"  # TRL logs it as rewards/execution/mean
         self._executor = executor
+        self._owned = False  # built here from a factory: ours to close
         self.weights = weights
         self.timeout_s = timeout_s
 
@@ -138,7 +140,7 @@ class ExecutionReward:
 
     def close(self) -> None:
         """Stop an executor this reward built from its factory (a shared pool is left alone)."""
-        if getattr(self, "_owned", False) and hasattr(self._executor, "close"):
+        if self._owned and hasattr(self._executor, "close"):
             self._executor.close()
 
     def __call__(self, prompts: Sequence, completions: Sequence, code_prefix: Sequence[str] = (),

@@ -36,6 +36,7 @@ RUN_NAME = "train"
 SUMMARY = "summary.json"
 ADAPTER = "adapter"
 HF_CHECKPOINT = "checkpoint"  # the Trainer's checkpoint folder inside a Ray checkpoint
+REPORT_EVERY_S = 2.5  # per-step metrics go to Ray at most this often (its controller polls every 2 s)
 POINTER = "latest-checkpoint.json"  # the newest checkpoint every worker finished uploading (see CheckpointReport)
 
 
@@ -56,6 +57,7 @@ class TrainJob:
     use_gpu: bool = False
     extra: dict = field(default_factory=dict)  # builder-specific, picklable (a sandbox pool handle, a teacher path)
     fault_at_step: int | None = None  # tests only: hard-kill worker 0 once after this step
+    method: str = ""  # the method's name in the spec: tags the dashboard's training metrics
 
 
 @dataclass
@@ -114,7 +116,7 @@ def run_training(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
         train_loop_config={"job": job},
         scaling_config=ScalingConfig(
             num_workers=o.num_workers, use_gpu=job.use_gpu,
-            resources_per_worker={"CPU": o.cpus_per_worker, **({"GPU": 1} if job.use_gpu else {})},
+            resources_per_worker={"CPU": o.cpus_per_worker, **({"GPU": o.gpus_per_worker} if job.use_gpu else {})},
         ),
         run_config=RunConfig(
             name=RUN_NAME, storage_path=str(storage), callbacks=list(callbacks),
@@ -126,9 +128,15 @@ def run_training(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
         result = trainer.fit()
     except Exception as exc:  # TrainingFailedError and friends: one line, the first cause
         raise TrainingFailed(f"training failed: {_first_line(exc)}") from exc
-    if result.checkpoint is None:
+    checkpoint = result.checkpoint
+    final = storage / RUN_NAME / "final"
+    if (final / SUMMARY).exists() and (checkpoint is None or Path(checkpoint.path).resolve() != final.resolve()):
+        from ray.train import Checkpoint  # finished in an earlier call: Ray's latest may be an older report
+
+        checkpoint = Checkpoint(str(final))
+    if checkpoint is None:
         raise TrainingFailed("training finished without a checkpoint")
-    with result.checkpoint.as_directory() as ckpt:
+    with checkpoint.as_directory() as ckpt:
         summary = json.loads((Path(ckpt) / SUMMARY).read_text())
         adapter = Path(ckpt) / ADAPTER
         keep = storage / "final"
@@ -185,6 +193,7 @@ def common_args(o: TrainingOptions, output_dir: str, seed: int, use_gpu: bool) -
 
 def train_worker(config: dict) -> None:
     """The Ray Train worker loop (one per worker): build, resume, train, report the adapter."""
+    from jobs import telemetry
     import ray.train
     from ray.train import Checkpoint
     from transformers import AutoConfig, set_seed
@@ -192,6 +201,8 @@ def train_worker(config: dict) -> None:
     from jobs.models import load_tokenizer, model_path
     from jobs.training.adapters import lora_config, parameter_counts
     from jobs.training.guards import CheckpointReport, DivergenceGuard, FaultInjection
+
+    import torch
 
     job: TrainJob = config["job"]
     ctx = ray.train.get_context()
@@ -213,8 +224,9 @@ def train_worker(config: dict) -> None:
             args=common_args(job.options, str(local / "hf"), job.seed, job.use_gpu), rank=rank, world_size=world,
         )
         trainer = job.build(setup)
-        guard = DivergenceGuard(report=ray.train.report)
+        guard = DivergenceGuard(report=ray.train.report, min_interval_s=REPORT_EVERY_S, agree=_rank0_decides)
         trainer.add_callback(guard)
+        trainer.add_callback(telemetry.trainer_callback(job.method or job.options.__class__.__module__))
         trainer.add_callback(CheckpointReport(storage / POINTER, rank, ray.train.report, Checkpoint.from_directory,
                                               _barrier))
         if job.fault_at_step is not None:
@@ -226,6 +238,7 @@ def train_worker(config: dict) -> None:
             "global_step": trainer.state.global_step,
             "resumed_from_step": resumed_step,
             "num_workers": world,
+            "torch_threads": torch.get_num_threads(),
             # tokens trained on (all workers), as TRL's trainers log them: the throughput benchmark's numerator
             **{k: float(v) for log in trainer.state.log_history for k, v in log.items() if k == "num_tokens"},
             **{k: float(v) for k, v in out.metrics.items() if isinstance(v, (int, float))},
@@ -240,6 +253,19 @@ def train_worker(config: dict) -> None:
         ray.train.report({**metrics, "final": 1}, checkpoint=checkpoint, checkpoint_dir_name="final")
     finally:
         shutil.rmtree(local, ignore_errors=True)
+
+
+def _rank0_decides(flag: bool) -> bool:
+    """Rank 0's ``flag`` on every worker (one tiny broadcast), for decisions every worker must share."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([int(flag)], device=device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
 
 
 def _barrier() -> None:
