@@ -12,6 +12,9 @@ from orchestrator.manifest import Manifest
 
 COLUMNS = ("n", "syntax_ok", "exec_ok", "pass@1", "exact_match", "edit_sim", "api_ok")
 OPTIONAL = ("unsupported", "train_time_s")  # shown only where some job has them, like pass@k for k > 1
+# Knowledge-editing scores (teacher-forced "tf_" as EasyEdit reports them, and by free generation "gen_").
+EDITING = ("n_edits", "tf_efficacy", "tf_generalization", "tf_locality", "gen_efficacy", "gen_generalization",
+           "gen_locality", "seconds_per_edit")
 
 
 def load_metrics(run_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
@@ -22,7 +25,7 @@ def load_metrics(run_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
 def _fmt(key: str, value: Any) -> str:
     if value is None:
         return "n/a"
-    if key in ("n", "unsupported"):
+    if key in ("n", "unsupported", "n_edits"):
         return str(int(value))
     if key.endswith("_s"):
         return f"{value:.1f}"
@@ -76,6 +79,17 @@ def plot_pass_at_1(metrics: dict, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def editing_table(metrics: dict) -> str:
+    """Efficacy, generalization and locality of the methods that edited weights; empty when none did."""
+    rows = [(m, ds, v) for m, per_ds in metrics.items() for ds, v in per_ds.items() if v and "tf_efficacy" in v]
+    if not rows:
+        return ""
+    lines = ["| method | dataset | " + " | ".join(EDITING) + " |", "|---|---|" + "---|" * len(EDITING)]
+    for m, ds, v in rows:
+        lines.append(f"| {m} | {ds} | " + " | ".join(_fmt(k, v.get(k)) for k in EDITING) + " |")
+    return "\n".join(lines)
+
+
 def render_report(run_dir: Path) -> str:
     """Write ``report.md`` and its plots; return the markdown."""
     run_dir = Path(run_dir)
@@ -83,6 +97,9 @@ def render_report(run_dir: Path) -> str:
     metrics = load_metrics(run_dir)
     parts = [f"# {manifest.data['experiment']} — run {manifest.data['run_id']}", "", results_table(metrics, manifest)]
     failures = [(jid, j.get("error", "")) for jid, j in manifest.jobs.items() if j["state"] in ("failed", "diverged")]
+    editing = editing_table(metrics)
+    if editing:
+        parts += ["", "## Knowledge editing", "", editing]
     if failures:
         parts += ["", "## Problems", ""] + [f"- `{jid}`: {err}" for jid, err in failures]
     if metrics:

@@ -95,3 +95,50 @@ def test_a_good_tune_section_validates():
     spec = parse_spec({**SPEC, "tune": {"method": "ft", "space": {
         "learning_rate": {"low": 1e-4, "high": 1.0, "log": True}, "adapter.rank": [4, 8], "layers": {}}}})
     assert spec.tune.penalty == 1000.0 and spec.tune.scheduler.kind == "asha"
+
+
+TUNE_SPEC = """\
+name: tune-e2e
+model: {name: tiny}
+datasets: [{name: migrations, split: train, limit: 16}]
+methods:
+  - {name: sft, kind: sft, max_steps: 6, batch_size: 4, num_workers: 1, save_steps: 1000, max_failures: 0}
+tune:
+  method: sft
+  num_samples: 3
+  max_concurrent_trials: 2
+  search: random
+  scheduler: {kind: fifo}
+  space:
+    learning_rate: [1.0e-3, 1.0e+20]   # 1e20 turns the loss NaN at step 2
+    adapter.rank: [4, 8]
+  seed: 3
+"""
+
+
+@pytest.mark.slow
+def test_tune_command_stops_a_diverging_trial_and_writes_a_runnable_best_spec(in_repo, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from orchestrator.spec import load_spec
+
+    spec = tmp_path / "tune.yaml"
+    spec.write_text(TUNE_SPEC)
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "tune", str(spec), "--artifacts", str(tmp_path / "a")],
+                          cwd=in_repo, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    run_dir = next((tmp_path / "a" / "tune-e2e").iterdir())
+    summary = json.loads((run_dir / "tune" / "summary.json").read_text())
+    rows = (run_dir / "tune" / "trials.csv").read_text().splitlines()
+    assert summary["trials"] == 3 and len(rows) == 4
+    diverged = [r for r in rows[1:] if ",diverged," in r]
+    assert diverged and all("1e+20" in r and "non-finite" in r for r in diverged), rows
+    assert summary["states"].get("done", 0) >= 1
+    # A diverged trial stops at its first bad step, well before max_steps.
+    assert all(int(r.split(",")[-3]) < 6 for r in diverged), rows
+    best = load_spec(run_dir / "tune" / "best_spec.yaml")  # a plain, runnable experiment spec
+    assert best.tune is None and best.methods[0].options["learning_rate"] == 1e-3
+    assert (run_dir / "plots" / "tune_lr.png").stat().st_size > 0
+    assert list((run_dir / "ray_tune" / "search").glob("*/events.out.tfevents*")), "TensorBoard logs kept"

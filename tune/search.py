@@ -44,7 +44,7 @@ def _trainable(setup: TrialSetup):
     from ray import tune
 
     # The trial function only waits on its Ray Train workers, which hold the trial's CPUs/GPUs.
-    return tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"CPU": 0})
+    return tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"CPU": 0.01})
 
 
 def _tuner(spec: TuneSpec, setup: TrialSetup, layers: int, storage: Path, max_reports: int):
@@ -53,7 +53,8 @@ def _tuner(spec: TuneSpec, setup: TrialSetup, layers: int, storage: Path, max_re
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    sampler = (optuna.samplers.TPESampler(seed=spec.seed) if spec.search == "optuna"
+    sampler = (optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=spec.startup_trials)
+               if spec.search == "optuna"
                else optuna.samplers.RandomSampler(seed=spec.seed))
     searcher = OptunaSearch(space=define_space(spec.space, layers), metric=spec.metric, mode=spec.mode,
                             sampler=sampler)

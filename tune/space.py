@@ -73,6 +73,7 @@ class TuneSpec(_Strict):
     num_samples: PositiveInt = 8
     max_concurrent_trials: PositiveInt = 2
     search: Literal["optuna", "random"] = "optuna"  # TPE, or random sampling of the same space
+    startup_trials: PositiveInt = 4  # TPE samples at random until this many trials have finished
     scheduler: ASHA | NoScheduler = Field(default_factory=ASHA, discriminator="kind")
     resources_per_trial: TrialResources = Field(default_factory=TrialResources)
     # What a diverged trial reports instead of NaN (Optuna rejects NaN): worse than any real value.
@@ -97,23 +98,28 @@ class TuneSpec(_Strict):
         return self.divergence_penalty if self.mode == "min" else -self.divergence_penalty
 
 
-def define_space(space: dict[str, Range | list | LayerRange], num_layers: int):
-    """An Optuna define-by-run function over ``space`` (``OptunaSearch(space=...)``)."""
+class define_space:  # noqa: N801 - used like a function: define_space(space, num_layers)
+    """An Optuna define-by-run function over ``space`` (``OptunaSearch(space=...)``).
 
-    def suggest(trial) -> None:
-        for key, dist in space.items():
+    A class, not a closure: Tune pickles the searcher (and so this) to checkpoint and resume a search.
+    """
+
+    def __init__(self, space: dict[str, Range | list | LayerRange], num_layers: int):
+        self.space, self.num_layers = space, num_layers
+
+    def __call__(self, trial) -> None:
+        n = self.num_layers
+        for key, dist in self.space.items():
             if isinstance(dist, LayerRange):
-                width = min(dist.min_width, num_layers)
-                start = trial.suggest_int("layer_start", 0, num_layers - width)
-                trial.suggest_int("layer_end", start + width - 1, num_layers - 1)
+                width = min(dist.min_width, n)
+                start = trial.suggest_int("layer_start", 0, n - width)
+                trial.suggest_int("layer_end", start + width - 1, n - 1)
             elif isinstance(dist, list):
                 trial.suggest_categorical(key, dist)
             elif dist.int:
                 trial.suggest_int(key, int(dist.low), int(dist.high), log=dist.log)
             else:
                 trial.suggest_float(key, dist.low, dist.high, log=dist.log)
-
-    return suggest
 
 
 def apply_params(options: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:

@@ -51,6 +51,7 @@ class Objective:
 
     def __call__(self, metrics: dict[str, Any]) -> dict[str, Any]:
         m = dict(metrics)
+        m.pop("history", None)  # the runner's per-step list since its last report: the latest step is enough here
         value = m.get(self.metric)
         if self.diagnosis is None and m.get(DIVERGED):  # the runner's guard says why
             self.diagnosis = str(m[DIVERGED])
