@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -45,14 +44,25 @@ def test_quickstart_end_to_end(in_repo, tmp_path):
     assert old["pass@1"] <= 0.1, "old-API code must fail under the installed versions"
     rows = [json.loads(line) for line in (run_dir / "predictions" / "reference__migrations.jsonl").open()]
     assert len(rows) == ref["n"] and all(r["passed"] for r in rows)
+    # Every method family ran: rules generalize to held-out variants, trainers report their train time,
+    # editors their editing scores.
+    assert metrics["rules"]["migrations"]["pass@1"] >= 0.6
+    for name in ("sft", "dpo", "grpo", "rome", "memit"):
+        assert metrics[name]["migrations"]["train_time_s"] > 0, name
+    assert metrics["sft"]["migrations"]["trainable_params"] < metrics["sft"]["migrations"]["total_params"]
+    for name in ("rome", "memit"):
+        assert 0.0 <= metrics[name]["migrations"]["tf_locality"] <= 1.0
+    assert (run_dir / "outputs" / "rules__migrations" / "rules.json").is_file()
     # The results table is what the run prints at the end.
-    assert "| reference | migrations | done |" in proc.stdout and "| old-api | migrations | done |" in proc.stdout
+    for name in ("reference", "old-api", "rules", "prompt-basic", "prompt-rules", "sft", "dpo", "grpo", "rome", "memit"):
+        assert f"| {name} | migrations | done |" in proc.stdout, name
+    assert "## Knowledge editing" in proc.stdout
 
     (run_dir / "report.md").unlink()
     rep = _cli("report", str(run_dir), cwd=in_repo)
     assert rep.returncode == 0 and (run_dir / "report.md").read_text() == rep.stdout.rstrip("\n") + "\n"
     ls = _cli("ls", "--artifacts", str(artifacts), cwd=in_repo)
-    assert str(run_dir) in ls.stdout and "done=2" in ls.stdout
+    assert str(run_dir) in ls.stdout and "done=10" in ls.stdout
 
 
 RESUME_SPEC = """\
