@@ -129,12 +129,17 @@ def fetch_run(location: str) -> tuple[Path, RunMirror | None]:
     return mirror.local, mirror
 
 
-def create_run(spec: ExperimentSpec, root: Path) -> Path:
-    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
-    run_dir = root / spec.name / run_id
+def new_run_dir(spec: ExperimentSpec, root: Path) -> Path:
+    """``<root>/<experiment>/<run-id>/`` holding the spec as run (experiments and searches alike)."""
+    run_dir = Path(root) / spec.name / (time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2))
     run_dir.mkdir(parents=True)
     atomic_write_text(run_dir / "spec.yaml", dump_spec(spec))
-    Manifest.create(run_dir, run_id, spec.name, [job.id for job in plan_jobs(spec)])
+    return run_dir
+
+
+def create_run(spec: ExperimentSpec, root: Path) -> Path:
+    run_dir = new_run_dir(spec, root)
+    Manifest.create(run_dir, run_dir.name, spec.name, [job.id for job in plan_jobs(spec)])
     return run_dir
 
 

@@ -35,18 +35,12 @@ LR_KEY = "learning_rate"
 
 
 def create_tune_run(spec: ExperimentSpec, root: Path) -> Path:
-    """``<root>/<experiment>/<run-id>/`` with the spec as run (local directories only)."""
-    import secrets
-    import time
-
-    from orchestrator.storage import is_uri
+    """A search's run directory (local or shared directories only: trials write checkpoints there)."""
+    from orchestrator.storage import is_uri, new_run_dir
 
     if is_uri(root):
         raise SpecError(f"{root}: a search writes to a local or shared directory, not a URI")
-    run_dir = Path(root) / spec.name / (time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2))
-    run_dir.mkdir(parents=True)
-    atomic_write_text(run_dir / "spec.yaml", dump_spec(spec))
-    return run_dir
+    return new_run_dir(spec, Path(root))
 
 
 def training_records(spec: ExperimentSpec) -> list:
