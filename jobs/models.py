@@ -22,6 +22,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from data.corpus import code_texts
+
 TINY = "tiny"
 CACHE_ENV = "APIMIG_MODEL_CACHE"
 
@@ -72,7 +74,7 @@ def tiny_model_dir(root: Path | None = None) -> Path:
         if not (target / "config.json").exists():
             tmp = Path(tempfile.mkdtemp(prefix=f".tiny-{key}-", dir=root))
             try:
-                _build_tiny(tmp, _tokenizer_corpus())
+                _build_tiny(tmp, code_texts())
                 tmp.rename(target)  # atomic: readers see a whole model or none
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -82,21 +84,8 @@ def tiny_model_dir(root: Path | None = None) -> Path:
 @cache
 def _tiny_key() -> str:
     """The recipe and the tokenizer's training text: an edited corpus never reuses a stale build."""
-    recipe = json.dumps(TINY_CONFIG, sort_keys=True) + "\0".join(_tokenizer_corpus())
+    recipe = json.dumps(TINY_CONFIG, sort_keys=True) + "\0".join(code_texts())
     return hashlib.sha256(recipe.encode()).hexdigest()[:12]
-
-
-def _tokenizer_corpus() -> list[str]:
-    """Code the project ships (deterministic): the built-in migrations' first variants and HumanEval."""
-    from data.humaneval import load_humaneval
-    from data.migrations import load_migrations
-
-    texts = []
-    for rec in load_migrations(split="train"):
-        texts += [rec.prompt, rec.old_code or "", rec.reference or "", *rec.tests]
-    for rec in load_humaneval():
-        texts += [rec.prompt, rec.reference or ""]
-    return [t for t in texts if t]
 
 
 def _build_tiny(out: Path, corpus: list[str]) -> None:

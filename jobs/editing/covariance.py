@@ -30,23 +30,12 @@ STATS_ENV = "APIMIG_STATS_DIR"
 _MEMORY: dict[str, torch.Tensor] = {}
 
 
-def code_corpus() -> list[str]:
-    """The default corpus: the built-in migrations' first variants (prompt, old and new code, test) and HumanEval."""
-    from data.humaneval import load_humaneval
-    from data.migrations import load_migrations
-
-    texts: list[str] = []
-    for rec in load_migrations(split="train"):  # held-out variants stay unseen
-        texts += [rec.prompt, rec.old_code or "", rec.reference or "", *rec.tests]
-    for rec in load_humaneval():
-        texts += [rec.prompt + (rec.reference or "")]
-    return [t for t in texts if t.strip()]
-
-
 def load_corpus(name: str) -> list[str]:
     """``code`` (built in), a ``.jsonl`` file (``text``/``content``/``code`` field per row) or a text file."""
     if name == "code":
-        return code_corpus()
+        from data.corpus import code_texts
+
+        return code_texts()
     path = Path(name)
     if not path.is_file():
         raise ValueError(f"hparams.mom2_dataset: '{name}' is neither 'code' nor an existing file")
@@ -82,7 +71,9 @@ def fingerprint(model) -> str:
 
 def _key(model, module_name: str, hp: EditHParams) -> str:
     corpus = hp.mom2_dataset
-    if corpus != "code":
+    if corpus == "code":
+        corpus = "code-v2"  # v2: HumanEval prompts and solutions as separate texts (data.corpus)
+    else:
         st = Path(corpus).stat()
         corpus = f"{Path(corpus).resolve()}:{st.st_size}:{st.st_mtime_ns}"
     parts = [fingerprint(model), module_name, corpus, hp.mom2_n_samples, hp.mom2_max_length, hp.mom2_dtype]
