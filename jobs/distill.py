@@ -60,8 +60,8 @@ def build_trainer(setup):
         teacher_model_revision=teacher["revision"], teacher_model_init_kwargs={"dtype": dtype},
     )
     return DistillationTrainer(model=setup.load_model(), teacher_model=model_path(teacher), args=config,
-                               train_dataset=setup.train_dataset, processing_class=setup.tokenizer,
-                               peft_config=setup.peft_config)
+                               train_dataset=setup.train_dataset, eval_dataset=setup.eval_dataset,
+                               processing_class=setup.tokenizer, peft_config=setup.peft_config)
 
 
 def check_vocabularies(student: dict, teacher: dict) -> None:

@@ -28,7 +28,8 @@ def build_trainer(setup):
     o: Options = setup.options
     config = DPOConfig(**setup.args, beta=o.beta, loss_type=[o.loss_type], max_length=o.max_length)
     return DPOTrainer(model=setup.load_model(), args=config, train_dataset=setup.train_dataset,
-                      processing_class=setup.tokenizer, peft_config=setup.peft_config)
+                      eval_dataset=setup.eval_dataset, processing_class=setup.tokenizer,
+                      peft_config=setup.peft_config)
 
 
 def training_job(records: list[TaskRecord], options: Options, context: MethodContext):

@@ -138,8 +138,8 @@ def build_trainer(setup):
         loss_type=o.loss_type,
     )
     trainer = GRPOTrainer(model=setup.load_model(), reward_funcs=funcs, args=config,
-                          train_dataset=setup.train_dataset, processing_class=setup.tokenizer,
-                          peft_config=setup.peft_config)
+                          train_dataset=setup.train_dataset, eval_dataset=setup.eval_dataset,
+                          processing_class=setup.tokenizer, peft_config=setup.peft_config)
     trainer.add_callback(reward_log_callback(Path(setup.job.work_dir) / REWARD_LOG, funcs))
     return trainer
 

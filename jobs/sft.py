@@ -22,7 +22,8 @@ def build_trainer(setup):
     o: Options = setup.options
     config = SFTConfig(**setup.args, max_length=o.max_length, packing=o.packing)
     return SFTTrainer(model=setup.load_model(), args=config, train_dataset=setup.train_dataset,
-                      processing_class=setup.tokenizer, peft_config=setup.peft_config)
+                      eval_dataset=setup.eval_dataset, processing_class=setup.tokenizer,
+                      peft_config=setup.peft_config)
 
 
 def training_job(records: list[TaskRecord], options: Options, context: MethodContext):

@@ -140,6 +140,9 @@ class ExperimentSpec(_Strict):
             module = method_module(tuned.kind)
             if not hasattr(module, "training_job"):
                 raise ValueError(f"tune.method: '{tuned.name}' (kind {tuned.kind}) does not train; nothing to tune")
+            if self.tune.metric.startswith("eval_") and not tuned.options.get("validation"):
+                raise ValueError(f"tune.metric: '{self.tune.metric}' is a validation score; give method "
+                                 f"'{tuned.name}' a validation: section (e.g. {{fraction: 0.2, every_steps: 4}})")
             for key, value in representative_params(self.tune.space).items():  # a typo fails now, not per trial
                 try:
                     module.Options.model_validate(apply_params(tuned.options, {key: value, "layer_end": 0}))

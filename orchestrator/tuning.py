@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -51,9 +52,14 @@ def training_records(spec: ExperimentSpec) -> list:
     return load_dataset(ds.kind, ds.path, ds.limit, ds.control, ds.split)
 
 
-def max_reports(options: dict) -> int:
-    steps = int(options.get("max_steps") or -1)
-    return max(1, steps // int(options.get("logging_steps") or 1)) if steps > 0 else 1000
+def max_steps(kind: str, options: dict, num_records: int) -> int:
+    """A trial's training steps (ASHA's ``max_t``): ``max_steps``, or epochs over the records (an upper bound)."""
+    from jobs.registry import method_module
+
+    o = method_module(kind).Options.model_validate(options)
+    if o.max_steps > 0:
+        return o.max_steps
+    return max(1, math.ceil(o.epochs * math.ceil(num_records / (o.batch_size * o.num_workers * o.grad_accum))))
 
 
 def tune_experiment(spec: ExperimentSpec, run_dir: Path, resume: bool = False, address: str | None = None,
@@ -74,7 +80,8 @@ def tune_experiment(spec: ExperimentSpec, run_dir: Path, resume: bool = False, a
                        penalty=t.penalty, seed=spec.seed, use_gpu=spec.resources.use_gpu)
     echo(f"searching {len(t.space)} parameters of '{method.name}' with {t.search} "
          f"({t.num_samples} trials, {t.max_concurrent_trials} at once, scheduler {t.scheduler.kind})")
-    rows = run_search(t, setup, run_dir / "ray_tune", max_reports(options), resume=resume)
+    steps = max_steps(method.kind, options, len(setup.records))
+    rows = run_search(t, setup, run_dir / "ray_tune", steps, resume=resume)
     best = best_row(rows, t.mode)
     write_results(spec, run_dir, rows, best)
     return rows, best

@@ -198,3 +198,94 @@ def test_guard_batches_reports_and_reports_divergence_at_once():
     assert reported[0]["step"] == 3 and "non-finite loss" in reported[0]["diverged"]
     guard.on_train_end(None, None, control)  # nothing pending: no extra report
     assert len(reported) == 1
+
+
+def test_guard_reports_a_steps_validation_score_with_that_step():
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    reported = []
+    guard = DivergenceGuard(report=reported.append, min_interval_s=0)
+    args = SimpleNamespace(eval_strategy="steps", eval_steps=2)
+    control = TrainerControl()
+    guard.on_log(args, SimpleNamespace(global_step=0), control, logs={"eval_loss": 7.9, "eval_runtime": 0.1})
+    guard.on_log(args, SimpleNamespace(global_step=1), control, logs={"loss": 7.6, "grad_norm": 0.5})
+    guard.on_log(args, SimpleNamespace(global_step=2), control, logs={"loss": 7.4, "grad_norm": 0.5})
+    assert len(reported) == 2  # step 2's training log waits for step 2's validation score
+    guard.on_log(args, SimpleNamespace(global_step=2), control, logs={"eval_loss": 7.3})
+    assert [r["step"] for r in reported] == [0, 1, 2]
+    assert reported[0]["eval_loss"] == 7.9 and "eval_runtime" not in reported[0]
+    assert reported[2]["eval_loss"] == 7.3 and reported[2]["loss"] == 7.4  # the newest value of each key
+    assert [h.get("eval_loss") for h in reported[2]["history"]] == [None, 7.3]
+    guard.on_log(args, SimpleNamespace(global_step=4), control, logs={"eval_loss": math.inf})
+    assert control.should_training_stop and "non-finite eval loss" in reported[-1]["diverged"]
+
+
+def test_validation_rows_are_a_seeded_disjoint_fraction():
+    from jobs.training.options import TrainingOptions
+    from jobs.training.runner import TrainingFailed, validation_split
+
+    rows = [{"i": i} for i in range(20)]
+    o = TrainingOptions.model_validate({"validation": {"fraction": 0.25}})
+    train, held = validation_split(rows, o, seed=0)
+    assert len(held) == 5 and len(train) == 15
+    assert sorted(r["i"] for r in train + held) == list(range(20))
+    assert validation_split(rows, o, seed=0) == (train, held)  # every worker holds out the same rows
+    assert validation_split(rows, o, seed=1)[1] != held
+    assert validation_split(rows, TrainingOptions(), seed=0) == (rows, [])
+    with pytest.raises(TrainingFailed, match="too few"):
+        validation_split(rows[:1], o, seed=0)
+
+
+def test_step_progress_counts_the_steps_a_killed_trial_ran(tmp_path):
+    from types import SimpleNamespace
+
+    from jobs.training.guards import StepProgress, steps_done
+
+    path = tmp_path / "trial" / "steps-done"
+    assert steps_done(path) == 0
+    progress = StepProgress(path)
+    for step in (1, 2, 3):
+        progress.on_step_end(None, SimpleNamespace(global_step=step), None)
+    assert steps_done(path) == 3 and [p.name for p in path.parent.iterdir()] == ["steps-done"]
+
+
+def test_a_validation_score_is_reported_at_once_and_waits_for_the_schedulers_go_ahead(tmp_path):
+    import threading
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    from jobs.training.guards import Verdict
+
+    reported, waited = [], []
+    verdict = Verdict(tmp_path / "go-ahead", timeout_s=30, poll_s=0.005)
+    original_wait = verdict.wait
+    verdict.wait = lambda step: waited.append(step) or original_wait(step)
+    guard = DivergenceGuard(report=reported.append, min_interval_s=3600, verdict=verdict)
+    args, control = SimpleNamespace(eval_strategy="steps", eval_steps=2), TrainerControl()
+    guard.on_log(args, SimpleNamespace(global_step=1), control, logs={"loss": 7.6, "grad_norm": 0.5})
+    guard.on_log(args, SimpleNamespace(global_step=2), control, logs={"loss": 7.4, "grad_norm": 0.5})
+    assert reported == [] and waited == []  # training logs wait for the interval
+    granter = threading.Timer(0.2, lambda: Verdict(tmp_path / "go-ahead").grant(2))
+    granter.start()
+    guard.on_log(args, SimpleNamespace(global_step=2), control, logs={"eval_loss": 7.3})
+    assert granter.finished.is_set()  # on_log returned only after the go-ahead
+    granter.join()
+    assert [r["step"] for r in reported] == [2] and reported[0]["eval_loss"] == 7.3 and waited == [2]
+    assert not verdict.unanswered
+
+
+def test_an_unanswered_verdict_times_out_once_and_training_goes_on(tmp_path):
+    import time
+
+    from jobs.training.guards import Verdict
+
+    verdict = Verdict(tmp_path / "go-ahead", timeout_s=0.2, poll_s=0.01)
+    t = time.monotonic()
+    assert verdict.wait(4) is False and verdict.unanswered
+    assert verdict.wait(8) is False and time.monotonic() - t < 5  # no second wait
+    answered = Verdict(tmp_path / "other", timeout_s=5)
+    answered.grant(8)
+    assert answered.wait(4) and answered.wait(8) and not answered.unanswered

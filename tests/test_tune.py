@@ -61,6 +61,22 @@ def test_the_guards_own_diagnosis_is_kept_and_summaries_carry_the_last_value():
     assert out[DIAGNOSIS].startswith("loss exploded") and out["loss"] == 1000.0
 
 
+def test_the_end_of_training_summary_counts_its_steps_for_asha():
+    obj = Objective("eval_loss", penalty=1000.0)
+    assert obj({"step": 0, "eval_loss": 7.9})[DIVERGED] == 0
+    assert obj({"step": 3, "loss": 7.5}) == {"step": 3, "loss": 7.5, "eval_loss": 7.9, DIVERGED: 0}
+    final = obj({"global_step": 8, "eval_loss": 7.1, "final": 1})
+    assert final["step"] == 8 and final["eval_loss"] == 7.1
+
+
+def test_asha_max_t_is_the_trials_training_steps():
+    from orchestrator.tuning import max_steps
+
+    assert max_steps("sft", {"max_steps": 32}, 1000) == 32
+    # 2 epochs of 61 records at 4 per worker x 2 workers: 8 steps an epoch
+    assert max_steps("sft", {"epochs": 2, "batch_size": 4, "num_workers": 2}, 61) == 16
+
+
 def test_best_row_ignores_diverged_and_failed_trials():
     rows = [TrialRow("a", {}, None, "diverged", 3, 1.0), TrialRow("b", {}, 2.0, "done", 10, 1.0),
             TrialRow("c", {}, 1.5, "stopped", 5, 1.0), TrialRow("d", {}, None, "error", 0, 1.0)]
@@ -84,6 +100,8 @@ SPEC = {
     ({"method": "ft", "space": {"adapter.rank": []}}, "empty list"),
     ({"method": "ft", "space": {"layers": {"low": 0, "high": 3}}}, "tune.space.layers"),
     ({"method": "ft", "space": {}}, "tune.space"),
+    ({"method": "ft", "metric": "eval_loss", "space": {"learning_rate": {"low": 1e-4, "high": 1}}},
+     "give method 'ft' a validation: section"),
 ])
 def test_bad_tune_sections_are_one_line_errors(tune, expected):
     with pytest.raises(SpecError) as err:
@@ -102,9 +120,11 @@ name: tune-e2e
 model: {name: tiny}
 datasets: [{name: migrations, split: train, limit: 16}]
 methods:
-  - {name: sft, kind: sft, max_steps: 6, batch_size: 4, num_workers: 1, save_steps: 1000, max_failures: 0}
+  - {name: sft, kind: sft, max_steps: 6, batch_size: 4, num_workers: 1, save_steps: 1000, max_failures: 0,
+     validation: {fraction: 0.25, every_steps: 2}}
 tune:
   method: sft
+  metric: eval_loss
   num_samples: 3
   max_concurrent_trials: 2
   search: random
@@ -140,5 +160,10 @@ def test_tune_command_stops_a_diverging_trial_and_writes_a_runnable_best_spec(in
     assert all(int(r.split(",")[-3]) < 6 for r in diverged), rows
     best = load_spec(run_dir / "tune" / "best_spec.yaml")  # a plain, runnable experiment spec
     assert best.tune is None and best.methods[0].options["learning_rate"] == 1e-3
+    done = [r for r in rows[1:] if ",done," in r]
+    assert done and all(int(r.split(",")[-3]) == 6 for r in done), rows  # steps run, counted by the trial
+    # The held-out loss was the metric: every trial's results carry it from its first report on.
+    progress = list((run_dir / "ray_tune" / "search").glob("*/progress.csv"))
+    assert len(progress) == 3 and all("eval_loss" in p.read_text().splitlines()[0].split(",") for p in progress)
     assert (run_dir / "plots" / "tune_lr.png").stat().st_size > 0
     assert list((run_dir / "ray_tune" / "search").glob("*/events.out.tfevents*")), "TensorBoard logs kept"

@@ -47,7 +47,7 @@ def _trainable(setup: TrialSetup):
     return tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"CPU": 0.01})
 
 
-def _tuner(spec: TuneSpec, setup: TrialSetup, layers: int, storage: Path, max_reports: int):
+def _tuner(spec: TuneSpec, setup: TrialSetup, layers: int, storage: Path, max_steps: int):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -59,9 +59,11 @@ def _tuner(spec: TuneSpec, setup: TrialSetup, layers: int, storage: Path, max_re
     searcher = OptunaSearch(space=define_space(spec.space, layers), metric=spec.metric, mode=spec.mode,
                             sampler=sampler)
     if spec.scheduler.kind == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max(max_reports, spec.scheduler.grace_period),
+        # Training steps, not Tune iterations: the runner batches several steps into one report.
+        scheduler = ASHAScheduler(time_attr="step", max_t=max(max_steps, spec.scheduler.grace_period),
                                   grace_period=spec.scheduler.grace_period,
-                                  reduction_factor=spec.scheduler.reduction_factor)
+                                  reduction_factor=spec.scheduler.reduction_factor,
+                                  stop_last_trials=False)  # a trial at max_t finishes (and says so: "done")
     else:
         scheduler = FIFOScheduler()
     return tune.Tuner(
@@ -73,7 +75,7 @@ def _tuner(spec: TuneSpec, setup: TrialSetup, layers: int, storage: Path, max_re
     )
 
 
-def run_search(spec: TuneSpec, setup: TrialSetup, storage: Path, max_reports: int, resume: bool = False
+def run_search(spec: TuneSpec, setup: TrialSetup, storage: Path, max_steps: int, resume: bool = False
                ) -> list[TrialRow]:
     """Run (or continue) the search; one row per trial."""
     from ray import tune
@@ -84,30 +86,31 @@ def run_search(spec: TuneSpec, setup: TrialSetup, storage: Path, max_reports: in
         tuner = tune.Tuner.restore(str(path), trainable=_trainable(setup), resume_unfinished=True,
                                    resume_errored=True)
     else:
-        tuner = _tuner(spec, setup, num_layers(setup.model), storage, max_reports)
+        tuner = _tuner(spec, setup, num_layers(setup.model), storage, max_steps)
     grid = tuner.fit()
-    return [_row(grid[i], spec.metric) for i in range(len(grid))]
+    return [_row(grid[i], spec.metric, setup.root, max_steps) for i in range(len(grid))]
 
 
-def _row(result, metric: str) -> TrialRow:
+def _row(result, metric: str, trials_root: Path, max_steps: int) -> TrialRow:
+    from jobs.training.guards import steps_done
+    from jobs.training.runner import PROGRESS
+
     m = result.metrics or {}
     params = {k: v for k, v in (result.config or {}).items()}
     value = m.get(metric)
-    if result.error is not None:
-        state = "error"
-    elif m.get(DIVERGED):
-        state = DIVERGED
-    elif m.get("final"):
-        state = "done"
-    else:
-        state = "stopped"
+    state = "error" if result.error is not None else DIVERGED if m.get(DIVERGED) else None
     first_line = str(result.error).strip().splitlines()[0][:200] if result.error is not None else ""
+    trial_id = str(m.get("trial_id") or Path(result.path).name)
+    # What the trial ran (rank 0 counts every step), not only what it had reported when it was stopped.
+    steps = max(int(m.get("global_step") or m.get("step") or 0), steps_done(trials_root / trial_id / PROGRESS))
+    if state is None:  # all its steps run, even when its end-of-training summary never reached Tune
+        state = "done" if m.get("final") or steps >= max_steps else "stopped"
     return TrialRow(
-        trial_id=str(m.get("trial_id") or Path(result.path).name),
+        trial_id=trial_id,
         params=params,
         metric=float(value) if value is not None and state != DIVERGED and math.isfinite(float(value)) else None,
         state=state,
-        steps=int(m.get("global_step") or m.get("step") or 0),
+        steps=steps,
         time_s=float(m.get("time_total_s") or 0.0),
         diagnosis=str(m.get(DIAGNOSIS) or first_line),
     )

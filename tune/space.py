@@ -51,7 +51,7 @@ class LayerRange(_Strict):
 
 class ASHA(_Strict):
     kind: Literal["asha"] = "asha"
-    grace_period: PositiveInt = 5  # reports (logging steps) before a trial can be stopped
+    grace_period: PositiveInt = 5  # training steps before a trial can be stopped; rungs at grace x factor^k
     reduction_factor: float = Field(2.0, gt=1)
 
 
@@ -68,7 +68,8 @@ class TrialResources(_Strict):
 
 class TuneSpec(_Strict):
     method: str  # the name of the method (in ``methods:``) whose options are searched
-    metric: str = "loss"  # reported at every logging step by the training runner
+    # "loss" (training, every logging step) or a validation score (eval_loss; the method needs ``validation:``)
+    metric: str = "loss"
     mode: Literal["min", "max"] = "min"
     num_samples: PositiveInt = 8
     max_concurrent_trials: PositiveInt = 2

@@ -14,12 +14,13 @@ The guard has already stopped training at that step, so the trial ends there.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from jobs.training.guards import Verdict
 from tune.space import apply_params
 
 DIVERGED = "diverged"  # result key: 1 when the trial diverged
@@ -51,7 +52,9 @@ class Objective:
 
     def __call__(self, metrics: dict[str, Any]) -> dict[str, Any]:
         m = dict(metrics)
-        m.pop("history", None)  # the runner's per-step list since its last report: the latest step is enough here
+        m.pop("history", None)  # the runner's per-step list since its last report: the newest values are enough
+        if "step" not in m and "global_step" in m:  # the end-of-training summary: ASHA counts training steps
+            m["step"] = m["global_step"]
         value = m.get(self.metric)
         if self.diagnosis is None and m.get(DIVERGED):  # the runner's guard says why
             self.diagnosis = str(m[DIVERGED])
@@ -68,14 +71,21 @@ class Objective:
 
 
 class TrialReport(TuneReportCallback):
-    """Forward Ray Train reports (rank 0's) to Tune through :class:`Objective`."""
+    """Forward Ray Train reports (rank 0's) to Tune through :class:`Objective`.
 
-    def __init__(self, metric: str, penalty: float):
+    ``tune.report`` returns only when Tune asks the trial for more (a stopped trial is killed instead),
+    so returning is the scheduler's go-ahead: ``verdict`` records it for the workers waiting on it.
+    """
+
+    def __init__(self, metric: str, penalty: float, verdict: Verdict | None = None):
         super().__init__()
-        self.objective = Objective(metric, penalty)
+        self.objective, self.verdict = Objective(metric, penalty), verdict
 
     def after_report(self, run_context, metrics, checkpoint):
-        super().after_report(run_context, [self.objective(metrics[0])], checkpoint)
+        m = self.objective(metrics[0])
+        super().after_report(run_context, [m], checkpoint)
+        if self.verdict is not None and "step" in m:
+            self.verdict.grant(int(m["step"]))
 
 
 def trial_options(setup: TrialSetup, params: dict[str, Any]):
@@ -90,11 +100,11 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
     from ray import tune
 
     from jobs.registry import MethodContext
-    from jobs.training.runner import run_training
+    from jobs.training.runner import VERDICT, run_training
 
     module, options = trial_options(setup, params)
     trial_id = tune.get_context().get_trial_id()
     context = MethodContext(model=setup.model, work_dir=setup.root / trial_id, seed=setup.seed,
                             use_gpu=setup.use_gpu)
-    job = module.training_job(setup.records, options, context)
-    run_training(job, callbacks=[TrialReport(setup.metric, setup.penalty)])
+    job = replace(module.training_job(setup.records, options, context), await_verdicts=True)
+    run_training(job, callbacks=[TrialReport(setup.metric, setup.penalty, Verdict(context.work_dir / VERDICT))])

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 from transformers import TrainerCallback
 
 STEP_KEYS = ("loss", "grad_norm", "learning_rate", "epoch", "reward")
+EVAL_KEYS = ("eval_loss", "eval_reward")  # the validation scores (options.validation), logged every eval step
 LOSS_FLOOR = 50.0  # a loss above max(LOSS_FLOOR, EXPLOSION_FACTOR x the first one) has exploded
 EXPLOSION_FACTOR = 10.0
 
@@ -30,15 +31,16 @@ class DivergenceGuard(TrainerCallback):
 
     ``report`` (e.g. ``ray.train.report``) receives every step's metrics, so a
     Ray Tune trial running the same code sees per-step loss and gradient norm:
-    at most every ``min_interval_s``, the latest step's values at the top level
-    and all steps since the previous report in ``history``; a divergence is
-    reported at once. ``agree`` makes the when-to-report decision the same on
-    every worker (``ray.train.report`` is a collective).
+    at most every ``min_interval_s``, the newest value of each key at the top
+    level (validation scores too) and all logs since the previous report in
+    ``history``; a divergence is reported at once. ``agree`` makes the
+    when-to-report decision the same on every worker (``ray.train.report`` is a
+    collective).
     """
 
     def __init__(self, report: Callable[[dict], None] | None = None, min_interval_s: float = 0.0,
-                 agree: Callable[[bool], bool] | None = None):
-        self.report, self.min_interval_s = report, min_interval_s
+                 agree: Callable[[bool], bool] | None = None, verdict: "Verdict | None" = None):
+        self.report, self.min_interval_s, self.verdict = report, min_interval_s, verdict
         self.agree = agree or (lambda due: due)  # a collective: every worker takes rank 0's decision
         self.pending: list[dict] = []
         self.last_report = time.monotonic()
@@ -49,7 +51,7 @@ class DivergenceGuard(TrainerCallback):
     def check(self, logs: dict, step: int) -> str | None:
         lr = logs.get("learning_rate")
         at = f"at step {step}" + (f" (learning_rate={float(lr):.3g})" if lr is not None else "")
-        for key in ("loss", "grad_norm"):
+        for key in ("loss", "grad_norm", "eval_loss"):
             if key in logs and not math.isfinite(float(logs[key])):
                 return f"non-finite {key.replace('_', ' ')} ({float(logs[key])}) {at}"
         if "grad_norm" in logs:
@@ -70,7 +72,7 @@ class DivergenceGuard(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
-        if not any(k in logs for k in ("loss", "grad_norm")):
+        if not any(k in logs for k in ("loss", "grad_norm", *EVAL_KEYS)):
             return  # the end-of-training summary (train_loss, train_runtime, ...)
         if self.diagnosis is None:
             self.diagnosis = self.check(logs, state.global_step)
@@ -79,13 +81,20 @@ class DivergenceGuard(TrainerCallback):
             control.should_save = False  # a diverged state is not worth resuming from
         if self.report is None:
             return
-        metrics = {"step": state.global_step, **{k: float(logs[k]) for k in STEP_KEYS if k in logs}}
+        metrics = {"step": state.global_step, **{k: float(logs[k]) for k in STEP_KEYS + EVAL_KEYS if k in logs}}
         if self.diagnosis is not None:
             metrics["diverged"] = self.diagnosis
         self.pending.append(metrics)
-        due = self.diagnosis is not None or time.monotonic() - self.last_report >= self.min_interval_s
+        # A validation score is reported at once, as of its step (a scheduler compares trials at the steps
+        # they were scored); a training log followed by a validation run waits for the score.
+        scored = any(k in logs for k in EVAL_KEYS)
+        scoring_next = "loss" in logs and _evaluates_at(args, state.global_step)
+        due = self.diagnosis is not None or scored or (
+            not scoring_next and time.monotonic() - self.last_report >= self.min_interval_s)
         if self.agree(due):
             self._flush()
+            if scored and self.diagnosis is None and self.verdict is not None:
+                self.verdict.wait(state.global_step)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.report is not None and self.agree(bool(self.pending)):
@@ -94,10 +103,18 @@ class DivergenceGuard(TrainerCallback):
     def _flush(self) -> None:
         # Ray Train V2 holds one unconsumed report per worker and its controller takes them every 2 s:
         # a report per step would stall every fast step, so the steps since the last report travel together.
-        latest = dict(self.pending[-1]) if self.pending else {}
+        latest: dict = {}
+        for metrics in self.pending:  # the newest value of every key: a validation score logged mid-batch stays
+            latest.update(metrics)
         self.report({**latest, "history": self.pending})
         self.pending = []
         self.last_report = time.monotonic()
+
+
+def _evaluates_at(args, step: int) -> bool:
+    strategy = getattr(args, "eval_strategy", "no")
+    every = getattr(args, "eval_steps", None)
+    return getattr(strategy, "value", strategy) == "steps" and bool(every) and step % int(every) == 0
 
 
 def degenerate(text: str) -> bool:
@@ -118,6 +135,57 @@ def degenerate_answers(texts: Sequence[str], threshold: float = 0.5) -> str | No
         return None
     sample = next((t.strip()[:20] for t in bad if t.strip()), "")
     return f"degenerate generations: {len(bad)}/{len(texts)} answers repeat one or two characters (e.g. {sample!r})"
+
+
+class Verdict:
+    """A file where a scheduler acknowledges a trial's reports: after reporting a validation score at
+    ``step``, a worker waits until the file holds ``step`` or more, i.e. the scheduler has read the
+    score and lets the trial go on. A trial the scheduler stops is killed while it waits, so it runs
+    no steps past its last rung (without the pause it trained on until the kill, seconds later).
+    """
+
+    def __init__(self, path: Path, timeout_s: float = 30.0, poll_s: float = 0.02):
+        self.path, self.timeout_s, self.poll_s = Path(path), timeout_s, poll_s
+        self.unanswered = False  # a wait timed out (no scheduler writes the file): stop waiting
+
+    def grant(self, step: int) -> None:
+        """The scheduler's side: the trial may train past ``step``."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(str(step))
+        tmp.replace(self.path)
+
+    def wait(self, step: int) -> bool:
+        """The worker's side: True once granted; False after ``timeout_s``, and from then on at once."""
+        deadline = time.monotonic() + self.timeout_s
+        while not self.unanswered and time.monotonic() < deadline:
+            if steps_done(self.path) >= step:
+                return True
+            time.sleep(self.poll_s)
+        self.unanswered = True
+        return False
+
+
+class StepProgress(TrainerCallback):
+    """Rank 0 keeps ``path`` holding the number of optimizer steps done: what a trial stopped between two
+    reports (ASHA kills it) really ran, for the search's step accounting."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(str(state.global_step))  # no fsync: a progress marker, rewritten every step
+        tmp.replace(self.path)
+
+
+def steps_done(path: Path) -> int:
+    """The step count a :class:`StepProgress` left at ``path`` (0 when there is none)."""
+    try:
+        return int(Path(path).read_text())
+    except (OSError, ValueError):
+        return 0
 
 
 class FaultInjection(TrainerCallback):

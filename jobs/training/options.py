@@ -65,6 +65,17 @@ class TrainDataSource(_Strict):
         return self
 
 
+class ValidationOptions(_Strict):
+    """Hold out part of the training examples and score them during training (``eval_loss``; GRPO: rewards).
+
+    Scored at the start and every ``every_steps``: the validation metric a Ray Tune search and its ASHA
+    scheduler compare trials on (``tune.metric: eval_loss``).
+    """
+
+    fraction: float = Field(0.1, gt=0, lt=1)
+    every_steps: PositiveInt = 8
+
+
 class GenerationOptions(_Strict):
     max_new_tokens: PositiveInt = 256
     batch_size: PositiveInt = 8
@@ -94,3 +105,4 @@ class TrainingOptions(MethodOptions):
     deepspeed: DeepSpeedOptions | None = None
     max_failures: int = Field(1, ge=-1)  # worker failures tolerated (restart from the last checkpoint); -1 = any
     generation: GenerationOptions = Field(default_factory=GenerationOptions)
+    validation: ValidationOptions | None = None  # held-out examples scored while training

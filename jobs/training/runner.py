@@ -12,6 +12,9 @@ worker; the runner does the rest:
   :class:`DivergenceGuard`, which reports every log step via ``ray.train.report``
   (a Ray Tune trial calling :func:`run_training` with Tune's report callback
   sees per-step loss and gradient norm);
+- validation (``options.validation``): a seeded fraction of the rows held
+  out (:func:`validation_split`) and scored at step 0 and every
+  ``every_steps`` as ``eval_loss``, reported like the training loss;
 - checkpoints: every ``save_steps`` through ``ray.train.report`` into
   ``<work_dir>/ray/train``; ``FailureConfig(max_failures)`` restarts failed
   workers from the last one, and a new call with the same ``work_dir`` (a
@@ -37,6 +40,8 @@ SUMMARY = "summary.json"
 ADAPTER = "adapter"
 HF_CHECKPOINT = "checkpoint"  # the Trainer's checkpoint folder inside a Ray checkpoint
 REPORT_EVERY_S = 2.5  # per-step metrics go to Ray at most this often (its controller polls every 2 s)
+PROGRESS = "steps-done"  # in the work dir: optimizer steps run so far (rank 0 rewrites it every step)
+VERDICT = "go-ahead"  # in the work dir: the last step a Tune scheduler let the trial train past
 POINTER = "latest-checkpoint.json"  # the newest checkpoint every worker finished uploading (see CheckpointReport)
 
 
@@ -58,6 +63,8 @@ class TrainJob:
     extra: dict = field(default_factory=dict)  # builder-specific, picklable (a sandbox pool handle, a teacher path)
     fault_at_step: int | None = None  # tests only: hard-kill worker 0 once after this step
     method: str = ""  # the method's name in the spec: tags the dashboard's training metrics
+    # A Ray Tune trial: after each validation score, wait for the scheduler's go-ahead (guards.Verdict)
+    await_verdicts: bool = False
 
 
 @dataclass
@@ -65,12 +72,13 @@ class WorkerSetup:
     """What a builder gets on each worker."""
 
     job: TrainJob
-    train_dataset: Any  # datasets.Dataset of job.rows
+    train_dataset: Any  # datasets.Dataset of job.rows (less the validation rows)
     tokenizer: Any
     peft_config: Any  # peft.LoraConfig from the spec's adapter section
     args: dict[str, Any]  # TrainingArguments kwargs decided by the runner; pass them all to your *Config
     rank: int = 0
     world_size: int = 1
+    eval_dataset: Any = None  # the held-out rows when the options ask for validation; pass it to your trainer
 
     @property
     def options(self) -> TrainingOptions:
@@ -107,6 +115,7 @@ def run_training(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
     t0 = time.monotonic()
     o = job.options
     model_path(job.model)  # build the tiny model once here, not in every worker at the same time
+    validation_split(job.rows, o, job.seed)  # too few examples to hold any out: fail before any worker starts
     storage = Path(job.work_dir).resolve() / "ray"
     storage.mkdir(parents=True, exist_ok=True)
     if not ray.is_initialized():
@@ -157,6 +166,21 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:300] if text else type(exc).__name__
 
 
+def validation_split(rows: list[dict], o: TrainingOptions, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, validation) rows: a seeded ``validation.fraction`` held out, the same on every worker."""
+    if o.validation is None:
+        return rows, []
+    if len(rows) < 2:
+        raise TrainingFailed(f"validation: {len(rows)} training example(s), too few to hold any out")
+    import random
+
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n = min(len(rows) - 1, max(1, round(o.validation.fraction * len(rows))))
+    held = set(order[:n])
+    return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
+
+
 def common_args(o: TrainingOptions, output_dir: str, seed: int, use_gpu: bool) -> dict[str, Any]:
     """TrainingArguments kwargs every kind shares (see the module docstring)."""
     import torch
@@ -188,6 +212,8 @@ def common_args(o: TrainingOptions, output_dir: str, seed: int, use_gpu: bool) -
         disable_tqdm=True,
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
+        **(dict(eval_strategy="steps", eval_steps=o.validation.every_steps, eval_on_start=True,
+                per_device_eval_batch_size=o.batch_size) if o.validation else {}),
     )
 
 
@@ -200,7 +226,8 @@ def train_worker(config: dict) -> None:
 
     from jobs.models import load_tokenizer, model_path
     from jobs.training.adapters import lora_config, parameter_counts
-    from jobs.training.guards import CheckpointReport, DivergenceGuard, FaultInjection
+    from jobs.training.guards import (EVAL_KEYS, CheckpointReport, DivergenceGuard, FaultInjection,
+                                        StepProgress, Verdict)
 
     import torch
 
@@ -218,17 +245,23 @@ def train_worker(config: dict) -> None:
         from datasets import Dataset
 
         num_layers = AutoConfig.from_pretrained(model_path(job.model)).num_hidden_layers
+        train_rows, eval_rows = validation_split(job.rows, job.options, job.seed)
         setup = WorkerSetup(
-            job=job, train_dataset=Dataset.from_list(job.rows), tokenizer=load_tokenizer(job.model),
+            job=job, train_dataset=Dataset.from_list(train_rows), tokenizer=load_tokenizer(job.model),
+            eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
             peft_config=lora_config(job.options.adapter, num_layers),
             args=common_args(job.options, str(local / "hf"), job.seed, job.use_gpu), rank=rank, world_size=world,
         )
         trainer = job.build(setup)
-        guard = DivergenceGuard(report=ray.train.report, min_interval_s=REPORT_EVERY_S, agree=_rank0_decides)
+        verdict = Verdict(Path(job.work_dir) / VERDICT) if job.await_verdicts else None
+        guard = DivergenceGuard(report=ray.train.report, min_interval_s=REPORT_EVERY_S, agree=_rank0_decides,
+                                verdict=verdict)
         trainer.add_callback(guard)
         trainer.add_callback(telemetry.trainer_callback(job.method or job.options.__class__.__module__))
         trainer.add_callback(CheckpointReport(storage / POINTER, rank, ray.train.report, Checkpoint.from_directory,
                                               _barrier))
+        if rank == 0:
+            trainer.add_callback(StepProgress(Path(job.work_dir) / PROGRESS))
         if job.fault_at_step is not None:
             trainer.add_callback(FaultInjection(job.fault_at_step, Path(job.work_dir) / "fault-injected", 0, rank))
         resumed_step = _global_step(resume_from) if resume_from else 0
@@ -240,7 +273,9 @@ def train_worker(config: dict) -> None:
             "num_workers": world,
             "torch_threads": torch.get_num_threads(),
             # tokens trained on (all workers), as TRL's trainers log them: the throughput benchmark's numerator
-            **{k: float(v) for log in trainer.state.log_history for k, v in log.items() if k == "num_tokens"},
+            # and the last validation score
+            **{k: float(v) for log in trainer.state.log_history for k, v in log.items()
+               if k == "num_tokens" or k in EVAL_KEYS},
             **{k: float(v) for k, v in out.metrics.items() if isinstance(v, (int, float))},
         }
         final = local / "final"
