@@ -207,10 +207,10 @@ def test_guard_reports_a_steps_validation_score_with_that_step():
 
     reported = []
     guard = DivergenceGuard(report=reported.append, min_interval_s=0)
-    args = SimpleNamespace(eval_strategy="steps", eval_steps=2)
-    control = TrainerControl()
+    args, control = None, TrainerControl()
     guard.on_log(args, SimpleNamespace(global_step=0), control, logs={"eval_loss": 7.9, "eval_runtime": 0.1})
     guard.on_log(args, SimpleNamespace(global_step=1), control, logs={"loss": 7.6, "grad_norm": 0.5})
+    control.should_evaluate = True  # the Trainer validates after step 2's log
     guard.on_log(args, SimpleNamespace(global_step=2), control, logs={"loss": 7.4, "grad_norm": 0.5})
     assert len(reported) == 2  # step 2's training log waits for step 2's validation score
     guard.on_log(args, SimpleNamespace(global_step=2), control, logs={"eval_loss": 7.3})
@@ -264,8 +264,9 @@ def test_a_validation_score_is_reported_at_once_and_waits_for_the_schedulers_go_
     original_wait = verdict.wait
     verdict.wait = lambda step: waited.append(step) or original_wait(step)
     guard = DivergenceGuard(report=reported.append, min_interval_s=3600, verdict=verdict)
-    args, control = SimpleNamespace(eval_strategy="steps", eval_steps=2), TrainerControl()
+    args, control = None, TrainerControl()
     guard.on_log(args, SimpleNamespace(global_step=1), control, logs={"loss": 7.6, "grad_norm": 0.5})
+    control.should_evaluate = True  # the Trainer validates after step 2's log
     guard.on_log(args, SimpleNamespace(global_step=2), control, logs={"loss": 7.4, "grad_norm": 0.5})
     assert reported == [] and waited == []  # training logs wait for the interval
     granter = threading.Timer(0.2, lambda: Verdict(tmp_path / "go-ahead").grant(2))

@@ -39,7 +39,7 @@ class DivergenceGuard(TrainerCallback):
     """
 
     def __init__(self, report: Callable[[dict], None] | None = None, min_interval_s: float = 0.0,
-                 agree: Callable[[bool], bool] | None = None, verdict: "Verdict | None" = None):
+                 agree: Callable[[bool], bool] | None = None, verdict: Verdict | None = None):
         self.report, self.min_interval_s, self.verdict = report, min_interval_s, verdict
         self.agree = agree or (lambda due: due)  # a collective: every worker takes rank 0's decision
         self.pending: list[dict] = []
@@ -86,9 +86,9 @@ class DivergenceGuard(TrainerCallback):
             metrics["diverged"] = self.diagnosis
         self.pending.append(metrics)
         # A validation score is reported at once, as of its step (a scheduler compares trials at the steps
-        # they were scored); a training log followed by a validation run waits for the score.
+        # they were scored); a training log that the Trainer follows with a validation run waits for the score.
         scored = any(k in logs for k in EVAL_KEYS)
-        scoring_next = "loss" in logs and _evaluates_at(args, state.global_step)
+        scoring_next = "loss" in logs and control.should_evaluate
         due = self.diagnosis is not None or scored or (
             not scoring_next and time.monotonic() - self.last_report >= self.min_interval_s)
         if self.agree(due):
@@ -109,12 +109,6 @@ class DivergenceGuard(TrainerCallback):
         self.report({**latest, "history": self.pending})
         self.pending = []
         self.last_report = time.monotonic()
-
-
-def _evaluates_at(args, step: int) -> bool:
-    strategy = getattr(args, "eval_strategy", "no")
-    every = getattr(args, "eval_steps", None)
-    return getattr(strategy, "value", strategy) == "steps" and bool(every) and step % int(every) == 0
 
 
 def degenerate(text: str) -> bool:
@@ -150,10 +144,7 @@ class Verdict:
 
     def grant(self, step: int) -> None:
         """The scheduler's side: the trial may train past ``step``."""
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(str(step))
-        tmp.replace(self.path)
+        _write_count(self.path, step)
 
     def wait(self, step: int) -> bool:
         """The worker's side: True once granted; False after ``timeout_s``, and from then on at once."""
@@ -175,13 +166,18 @@ class StepProgress(TrainerCallback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def on_step_end(self, args, state, control, **kwargs):
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(str(state.global_step))  # no fsync: a progress marker, rewritten every step
-        tmp.replace(self.path)
+        _write_count(self.path, state.global_step)
+
+
+def _write_count(path: Path, value: int) -> None:
+    """Replace ``path`` with ``value`` at once (readers poll it); no fsync: a marker, rewritten often."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(str(value))
+    tmp.replace(path)
 
 
 def steps_done(path: Path) -> int:
-    """The step count a :class:`StepProgress` left at ``path`` (0 when there is none)."""
+    """The count a :class:`StepProgress` or :meth:`Verdict.grant` left at ``path`` (0 when there is none)."""
     try:
         return int(Path(path).read_text())
     except (OSError, ValueError):
