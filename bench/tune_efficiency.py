@@ -8,14 +8,21 @@ the same divergence guard (a diverged trial stops at its first bad step in
 both). ASHA's settings and the metric (the held-out loss) are the spec's.
 Printed for each: total training steps spent (a stopped trial counts the steps
 it had reported), steps spent on diverged trials, trial states and the best
-metric; then the ratio of steps.
+metric; then, over all seeds, the ratio of steps and the mean best metric.
+The searches' seeds differ per repetition; the training seed does not, so a
+configuration trains the same way in every search.
 
-    python bench/tune_efficiency.py [--trials 16] [--max-steps 64] [--pretrain-steps 300]
+    python bench/tune_efficiency.py [--trials 16] [--max-steps 64] [--seeds 0 1 2] [--pretrain-steps 300]
+
+By default the tiny model is first pretrained (300 steps of language modelling
+on HumanEval's code), so that its early validation losses rank trials roughly
+as its final ones do, as a real model's do; see docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -29,8 +36,9 @@ from orchestrator.tuning import tune_experiment  # noqa: E402
 from tune.search import TrialRow  # noqa: E402
 
 
-def variant(base: dict, search: str, scheduler: dict, trials: int, max_steps: int) -> dict:
-    spec = {**base, "tune": {**base["tune"], "search": search, "scheduler": scheduler, "num_samples": trials}}
+def variant(base: dict, search: str, scheduler: dict, trials: int, max_steps: int, seed: int) -> dict:
+    spec = {**base, "tune": {**base["tune"], "search": search, "scheduler": scheduler, "num_samples": trials,
+                             "seed": seed}}
     spec["methods"] = [dict(m, options={**m["options"], "max_steps": max_steps})
                        if m["name"] == spec["tune"]["method"] else m for m in base["methods"]]
     return spec
@@ -78,7 +86,7 @@ def describe(name: str, rows: list[TrialRow], best: TrialRow | None, seconds: fl
     best_value = best.metric if best else float("nan")
     print(f"{name:<22} steps {total:5d}  on diverged trials {diverged:4d}  best {best_value:.4f}  "
           f"states {states}  ({seconds:.0f} s)")
-    return {"steps": total, "best": best_value}
+    return {"steps": total, "diverged": diverged, "best": best_value}
 
 
 def main() -> None:
@@ -86,8 +94,11 @@ def main() -> None:
     ap.add_argument("--spec", type=Path, default=ROOT / "experiments" / "tune_quickstart.yaml")
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--max-steps", type=int, default=64)
-    ap.add_argument("--pretrain-steps", type=int, default=0,
-                    help="first pretrain the tiny model this many steps and tune that (0: the spec's model)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                    help="the samplers' seeds: both searches run once per seed (the best of one search is noisy)")
+    ap.add_argument("--pretrain-steps", type=int, default=300,
+                    help="first pretrain the tiny model this many steps and tune that (0: the spec's model, "
+                         "random weights, whose early losses say little about its final ones)")
     args = ap.parse_args()
 
     base = load_spec(args.spec).model_dump(mode="json", exclude_none=True)
@@ -97,23 +108,33 @@ def main() -> None:
     asha = base["tune"]["scheduler"]
     if asha.get("kind") != "asha":
         sys.exit(f"{args.spec}: tune.scheduler must be asha for this comparison")
-    out = {}
+    out: dict[str, list[dict]] = {"optuna": [], "random": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, search, scheduler in (("optuna (TPE) + ASHA", "optuna", asha),
-                                        ("random, no early stop", "random", {"kind": "fifo"})):
-            print(f"{name}: {args.trials} trials of {args.max_steps} steps, metric {base['tune']['metric']}, "
-                  f"scheduler {scheduler}", flush=True)
-            spec = parse_spec(variant(base, search, scheduler, args.trials, args.max_steps))
-            run_dir = Path(tmp) / search
-            run_dir.mkdir()
-            t = time.perf_counter()
-            rows, best = tune_experiment(spec, run_dir, echo=lambda _: None)
-            out[search] = describe(name, rows, best, time.perf_counter() - t)
-            print((run_dir / "tune" / "trials.md").read_text(), flush=True)
-    o, r = out["optuna"], out["random"]
-    print(f"steps: random / optuna+ASHA = {r['steps'] / max(o['steps'], 1):.2f}x (target >= 2x); "
-          f"best metric optuna {o['best']:.4f} vs random {r['best']:.4f} "
-          f"({'equal or better' if o['best'] <= r['best'] else 'worse'})")
+        for seed in args.seeds:
+            for name, search, scheduler in (("optuna (TPE) + ASHA", "optuna", asha),
+                                            ("random, no early stop", "random", {"kind": "fifo"})):
+                print(f"seed {seed}, {name}: {args.trials} trials of {args.max_steps} steps, metric "
+                      f"{base['tune']['metric']}, scheduler {scheduler}", flush=True)
+                spec = parse_spec(variant(base, search, scheduler, args.trials, args.max_steps, seed))
+                run_dir = Path(tmp) / f"{search}-{seed}"
+                run_dir.mkdir()
+                t = time.perf_counter()
+                rows, best = tune_experiment(spec, run_dir, echo=lambda _: None)
+                out[search].append(describe(f"seed {seed}, {name}", rows, best, time.perf_counter() - t))
+                print((run_dir / "tune" / "trials.md").read_text(), flush=True)
+    print("\nseed  optuna+ASHA steps  best     random steps  best")
+    for seed, o, r in zip(args.seeds, out["optuna"], out["random"]):
+        print(f"{seed:4d}  {o['steps']:17d}  {o['best']:.4f}  {r['steps']:12d}  {r['best']:.4f}")
+    steps = {k: sum(x["steps"] for x in v) for k, v in out.items()}
+    diverged = {k: sum(x["diverged"] for x in v) for k, v in out.items()}
+    print(f"all seeds: optuna+ASHA {steps['optuna']} steps ({diverged['optuna']} on diverged trials), "
+          f"random {steps['random']} steps ({diverged['random']} on diverged trials)")
+    mean = {k: statistics.fmean(x["best"] for x in v) for k, v in out.items()}
+    wins = sum(o["best"] <= r["best"] for o, r in zip(out["optuna"], out["random"]))
+    print(f"steps: random / optuna+ASHA = {steps['random'] / max(steps['optuna'], 1):.2f}x (target >= 2x); "
+          f"mean best metric over {len(args.seeds)} seeds: optuna {mean['optuna']:.4f} vs random "
+          f"{mean['random']:.4f} ({'equal or better' if mean['optuna'] <= mean['random'] else 'worse'}); "
+          f"optuna's best equal or better in {wins} of {len(args.seeds)} seeds")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import ray
 
 from data.migrations import load_migrations
 from jobs import sft
@@ -14,8 +17,6 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def local_ray():
-    import ray
-
     ray.init(num_cpus=2, logging_level="WARNING", include_dashboard=False)
     yield
     ray.shutdown()
@@ -36,6 +37,11 @@ def test_killed_worker_resumes_from_the_last_checkpoint(local_ray, tmp_path):
     assert outcome.metrics["resumed_from_step"] == 2  # the checkpoint before the kill
     assert outcome.metrics["num_workers"] == 2 and outcome.metrics["trainable_params"] > 0
     assert (outcome.adapter_dir / "adapter_config.json").is_file()
+    # dill (datasets' fingerprints) disassembles functions into a captured stdout; Ray Train's print patch
+    # used to copy every line of it into the worker logs, tens of thousands per run.
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    noisy = [f.name for f in logs.rglob("*") if f.is_file() and "RETURN_VALUE" in f.read_text(errors="replace")]
+    assert not noisy, f"bytecode disassembly in the worker logs: {noisy}"
 
 
 def test_no_failures_allowed_fails_then_a_rerun_continues(local_ray, tmp_path):

@@ -8,25 +8,47 @@ import optuna
 import pytest
 
 from orchestrator.spec import SpecError, parse_spec
-from tune.search import TrialRow, best_row
-from tune.space import LayerRange, Range, apply_params, define_space
+from tune.search import TrialRow, best_row, make_sampler
+from tune.space import (LAYER_END, LAYER_START, LAYER_WIDTH, LayerRange, Range, TuneSpec, apply_params,
+                        define_space, layer_range)
 from tune.trial import DIAGNOSIS, DIVERGED, Objective
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _sample(space, num_layers, n=200, seed=0):
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+def _study(space, num_layers, n=200, seed=0, sampler=None):
+    study = optuna.create_study(sampler=sampler or optuna.samplers.RandomSampler(seed=seed))
     suggest = define_space(space, num_layers)
     study.optimize(lambda t: (suggest(t), 0.0)[1], n_trials=n)
-    return [t.params for t in study.trials]
+    return study
+
+
+def _sample(space, num_layers, n=200, seed=0):
+    return [t.params for t in _study(space, num_layers, n, seed).trials]
 
 
 def test_layer_ranges_are_always_valid_and_cover_the_model():
-    params = _sample({"layers": LayerRange(min_width=2)}, num_layers=6)
-    pairs = {(p["layer_start"], p["layer_end"]) for p in params}
+    study = _study({"layers": LayerRange(min_width=2)}, num_layers=6)
+    pairs = {layer_range(t.params) for t in study.trials}
     assert all(0 <= s and s + 1 <= e <= 5 for s, e in pairs)
-    assert {s for s, _ in pairs} == set(range(5)) and max(e for _, e in pairs) == 5
+    assert {s for s, _ in pairs} == set(range(5)) and {e for _, e in pairs} == set(range(1, 6))
+    # Fixed bounds: every trial suggests the pair from the same distributions (what multivariate TPE needs).
+    assert len({repr(sorted(t.distributions.items())) for t in study.trials}) == 1
+
+
+def test_tpe_models_the_layer_range_jointly_with_the_learning_rate():
+    space = {"learning_rate": Range(low=1e-4, high=1.0, log=True), "layers": LayerRange()}
+    sampler = make_sampler(TuneSpec(method="m", space=space, startup_trials=3, seed=0))
+    study = _study(space, num_layers=4, n=5, sampler=sampler)
+    joint = sampler.infer_relative_search_space(study, study.trials[-1])
+    assert set(joint) == {"learning_rate", LAYER_END, LAYER_WIDTH}
+
+
+def test_a_layer_range_wider_than_the_layers_below_its_end_starts_at_zero():
+    assert layer_range({LAYER_END: 2, LAYER_WIDTH: 2}) == (1, 2)
+    assert layer_range({LAYER_END: 2, LAYER_WIDTH: 4}) == (0, 2)
+    assert layer_range({LAYER_START: 1, LAYER_END: 3}) == (1, 3)  # a search from before layer_width
+    assert layer_range({"learning_rate": 0.1}) is None
 
 
 def test_log_uniform_learning_rate_spans_its_decades():
@@ -38,7 +60,7 @@ def test_log_uniform_learning_rate_spans_its_decades():
 
 def test_apply_params_sets_dotted_paths_and_makes_the_adapter_hierarchical():
     base = {"learning_rate": 1e-3, "adapter": {"rank": 8, "scope": "standard"}}
-    out = apply_params(base, {"learning_rate": 0.1, "adapter.rank": 4, "layer_start": 1, "layer_end": 2})
+    out = apply_params(base, {"learning_rate": 0.1, "adapter.rank": 4, LAYER_END: 2, LAYER_WIDTH: 2})
     assert out == {"learning_rate": 0.1, "adapter": {"rank": 4, "scope": "hierarchical", "layers": [1, 2]}}
     assert base["adapter"]["rank"] == 8  # the spec's options are not modified
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tune.space import TuneSpec, define_space
+from tune.space import LAYER_START, TuneSpec, define_space, layer_range
 from tune.trial import DIAGNOSIS, DIVERGED, TrialSetup, run_trial
 
 EXPERIMENT = "search"
@@ -47,17 +47,25 @@ def _trainable(setup: TrialSetup):
     return tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"CPU": 0.01})
 
 
-def _tuner(spec: TuneSpec, setup: TrialSetup, layers: int, storage: Path, max_steps: int):
+def make_sampler(spec: TuneSpec):
+    """TPE over all parameters jointly, or random sampling of the same space (a baseline)."""
     import optuna
+
+    if spec.search == "random":
+        return optuna.samplers.RandomSampler(seed=spec.seed)
+    # multivariate: learning rate, LoRA scale and layer range interact (their joint density, not one per
+    # parameter); constant_liar: the running trials count as bad guesses, so concurrent trials spread out.
+    return optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=spec.startup_trials, multivariate=True,
+                                      constant_liar=True)
+
+
+def _tuner(spec: TuneSpec, setup: TrialSetup, layers: int, storage: Path, max_steps: int):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    sampler = (optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=spec.startup_trials)
-               if spec.search == "optuna"
-               else optuna.samplers.RandomSampler(seed=spec.seed))
     searcher = OptunaSearch(space=define_space(spec.space, layers), metric=spec.metric, mode=spec.mode,
-                            sampler=sampler)
+                            sampler=make_sampler(spec))
     if spec.scheduler.kind == "asha":
         # Training steps, not Tune iterations: the runner batches several steps into one report.
         scheduler = ASHAScheduler(time_attr="step", max_t=max(max_steps, spec.scheduler.grace_period),
@@ -97,6 +105,9 @@ def _row(result, metric: str, trials_root: Path, max_steps: int) -> TrialRow:
 
     m = result.metrics or {}
     params = {k: v for k, v in (result.config or {}).items()}
+    layers = layer_range(params)
+    if layers is not None:  # the table shows the range's start too, not only the sampled end and width
+        params[LAYER_START] = layers[0]
     value = m.get(metric)
     state = "error" if result.error is not None else DIVERGED if m.get(DIVERGED) else None
     first_line = str(result.error).strip().splitlines()[0][:200] if result.error is not None else ""

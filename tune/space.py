@@ -7,11 +7,15 @@ A space maps a *dotted option path* of the tuned method (``learning_rate``,
   when ``int: true``;
 - a list: one of these values (categorical).
 
-``layers: {}`` is special: it searches the adapted layer range as a
+``layers: {}`` is special: it searches the adapted layer range, a
 ``(start, end)`` pair with ``0 <= start <= end < num_layers`` (read from the
-model's config), and makes the adapter hierarchical. The pair is suggested
-define-by-run (``end`` drawn from ``[start, num_layers - 1]``), so no sampled
-range is ever invalid and TPE learns over the valid region only.
+model's config), and makes the adapter hierarchical. It is suggested as two
+parameters with fixed bounds, ``layer_end`` in ``[min_width - 1, num_layers - 1]``
+and ``layer_width`` in ``[min_width, num_layers]``, and ``start = max(0, end -
+width + 1)``: every pair is a valid range, and because neither bound depends
+on another parameter, Optuna's multivariate TPE models them jointly with the
+learning rate (a range whose bounds depend on ``start`` drops out of its joint
+model; see docs/tuning.md).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
 LAYERS = "layers"
+LAYER_END, LAYER_WIDTH = "layer_end", "layer_width"  # the sampled pair (see layer_range)
+LAYER_START = "layer_start"  # derived; given directly only by searches from before layer_width
 
 
 class _Strict(BaseModel):
@@ -44,7 +50,7 @@ class Range(_Strict):
 
 
 class LayerRange(_Strict):
-    """The adapted layers as (start, end); ``min_width`` layers at least."""
+    """The adapted layers as (start, end); ``min_width`` layers at least (all of them if the model has fewer)."""
 
     min_width: PositiveInt = 1
 
@@ -113,8 +119,8 @@ class define_space:  # noqa: N801 - used like a function: define_space(space, nu
         for key, dist in self.space.items():
             if isinstance(dist, LayerRange):
                 width = min(dist.min_width, n)
-                start = trial.suggest_int("layer_start", 0, n - width)
-                trial.suggest_int("layer_end", start + width - 1, n - 1)
+                trial.suggest_int(LAYER_END, width - 1, n - 1)
+                trial.suggest_int(LAYER_WIDTH, width, n)
             elif isinstance(dist, list):
                 trial.suggest_categorical(key, dist)
             elif dist.int:
@@ -126,13 +132,13 @@ class define_space:  # noqa: N801 - used like a function: define_space(space, nu
 def apply_params(options: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """The method's options with a trial's parameters set (dotted paths; the layer pair sets the adapter)."""
     out = copy.deepcopy(options)
+    layers = layer_range(params)
+    if layers is not None:
+        adapter = out.setdefault("adapter", {})
+        adapter["scope"] = "hierarchical"
+        adapter["layers"] = list(layers)
     for key, value in params.items():
-        if key == "layer_start":
-            adapter = out.setdefault("adapter", {})
-            adapter["scope"] = "hierarchical"
-            adapter["layers"] = [int(value), int(params["layer_end"])]
-            continue
-        if key == "layer_end":
+        if key in (LAYER_START, LAYER_END, LAYER_WIDTH):
             continue
         node = out
         *parents, leaf = key.split(".")
@@ -142,12 +148,22 @@ def apply_params(options: dict[str, Any], params: dict[str, Any]) -> dict[str, A
     return out
 
 
+def layer_range(params: dict[str, Any]) -> tuple[int, int] | None:
+    """The ``(start, end)`` layers a trial's parameters select, or None when the layer range is not searched."""
+    if LAYER_END not in params:
+        return None
+    end = int(params[LAYER_END])
+    if LAYER_WIDTH in params:
+        return max(0, end - int(params[LAYER_WIDTH]) + 1), end
+    return int(params[LAYER_START]), end
+
+
 def representative_params(space: dict[str, Range | list | LayerRange]) -> dict[str, Any]:
     """One point of every distribution (its low end / first choice), to check paths and types before a search."""
     out: dict[str, Any] = {}
     for key, dist in space.items():
         if isinstance(dist, LayerRange):
-            out.update(layer_start=0, layer_end=dist.min_width - 1)
+            out.update({LAYER_END: dist.min_width - 1, LAYER_WIDTH: dist.min_width})
         elif isinstance(dist, list):
             out[key] = dist[0]
         else:

@@ -131,6 +131,9 @@ def run_training(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
             name=RUN_NAME, storage_path=str(storage), callbacks=list(callbacks),
             failure_config=FailureConfig(max_failures=o.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # Ray Train's print patch copies output printed into a redirected stdout to the logs as well:
+            # dill (datasets' fingerprints) disassembles functions into one, tens of thousands of lines a run.
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         ),
     )
     try:
