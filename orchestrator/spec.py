@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 from data.registry import DATASETS, resolve_path
 from jobs.registry import METHODS, method_module
 from jobs.sandbox import DEFAULT_PRELOAD
-from tune.space import LAYER_END, LAYER_WIDTH, LAYERS, TuneSpec, apply_params, representative_params
+from tune.space import TuneSpec, apply_params, representative_params
 
 # Names become file names and job ids ("<method>__<dataset>"): plain, and no "__".
 NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.-]|_[A-Za-z0-9.-])*_?$"
@@ -143,15 +143,12 @@ class ExperimentSpec(_Strict):
             if self.tune.metric.startswith("eval_") and not tuned.options.get("validation"):
                 raise ValueError(f"tune.metric: '{self.tune.metric}' is a validation score; give method "
                                  f"'{tuned.name}' a validation: section (e.g. {{fraction: 0.2, every_steps: 4}})")
-            point = representative_params(self.tune.space)
-            for key, value in point.items():  # one parameter at a time (the layer pair together): name a typo now
-                pair = key in (LAYER_END, LAYER_WIDTH)
+            for key, dist in self.tune.space.items():  # one entry at a time (the layer pair together): name a typo
                 try:
-                    one = {k: point[k] for k in (LAYER_END, LAYER_WIDTH)} if pair else {key: value}
+                    one = representative_params({key: dist})
                     module.Options.model_validate(apply_params(tuned.options, one))
                 except ValidationError as exc:
-                    shown = LAYERS if pair else key
-                    raise ValueError(f"tune.space.{shown}: {_first_error(exc)}") from None
+                    raise ValueError(f"tune.space.{key}: {_first_error(exc)}") from None
         return self
 
 
