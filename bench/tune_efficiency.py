@@ -3,14 +3,17 @@
 Both searches run in one process on the same space, the same number of
 trials and the same training budget per trial, from
 ``experiments/tune_quickstart.yaml`` (its learning-rate range reaches values
-where the tiny model diverges). The random search uses no early stopping but
-the same divergence guard (a diverged trial stops at its first bad step in
-both). ASHA's settings and the metric (the held-out loss) are the spec's.
-Printed for each: total training steps spent (a stopped trial counts the steps
-it had reported), steps spent on diverged trials, trial states and the best
-metric; then, over all seeds, the ratio of steps and the mean best metric.
-The searches' seeds differ per repetition; the training seed does not, so a
-configuration trains the same way in every search.
+where the tiny model diverges). The baseline is a plain random search: no
+early stopping of any kind (``tune.stop_diverged: false``), so a diverged
+trial trains to the end, as it did before apimig's divergence guard. ASHA's
+settings and the metric (the held-out loss) are the spec's. Printed for each:
+total training steps spent (a stopped trial counts the steps it had
+reported), steps spent on diverged trials, trial states and the best metric;
+for the baseline also what it would have spent with the divergence guard alone
+(each diverged trial stopped at the step the guard flagged, which every
+diverged row records). Then, over all seeds, the ratios of steps and the mean
+best metric. The searches' seeds differ per repetition; the training seed does
+not, so a configuration trains the same way in every search.
 
     python bench/tune_efficiency.py [--trials 16] [--max-steps 64] [--seeds 0 1 2] [--pretrain-steps 300]
 
@@ -38,7 +41,7 @@ from tune.search import TrialRow  # noqa: E402
 
 def variant(base: dict, search: str, scheduler: dict, trials: int, max_steps: int, seed: int) -> dict:
     spec = {**base, "tune": {**base["tune"], "search": search, "scheduler": scheduler, "num_samples": trials,
-                             "seed": seed}}
+                             "seed": seed, "stop_diverged": search != "random"}}
     spec["methods"] = [dict(m, options={**m["options"], "max_steps": max_steps})
                        if m["name"] == spec["tune"]["method"] else m for m in base["methods"]]
     return spec
@@ -82,11 +85,14 @@ def pretrained_tiny(steps: int, out: Path) -> str:
 def describe(name: str, rows: list[TrialRow], best: TrialRow | None, seconds: float) -> dict:
     total = sum(r.steps for r in rows)
     diverged = sum(r.steps for r in rows if r.state == "diverged")
+    # The same search with the divergence guard alone: each diverged trial ends at the step it was flagged.
+    guarded = total - sum(r.steps - r.diverged_at for r in rows if r.diverged_at is not None)
     states = {s: sum(r.state == s for r in rows) for s in sorted({r.state for r in rows})}
     best_value = best.metric if best else float("nan")
     print(f"{name:<22} steps {total:5d}  on diverged trials {diverged:4d}  best {best_value:.4f}  "
-          f"states {states}  ({seconds:.0f} s)")
-    return {"steps": total, "diverged": diverged, "best": best_value}
+          f"states {states}  ({seconds:.0f} s)" + (f"; with the divergence guard {guarded} steps"
+                                                   if guarded != total else ""))
+    return {"steps": total, "diverged": diverged, "guarded": guarded, "best": best_value}
 
 
 def main() -> None:
@@ -99,6 +105,8 @@ def main() -> None:
     ap.add_argument("--pretrain-steps", type=int, default=300,
                     help="first pretrain the tiny model this many steps and tune that (0: the spec's model, "
                          "random weights, whose early losses say little about its final ones)")
+    ap.add_argument("--only", choices=["optuna", "random"],
+                    help="run one of the two searches (exploring settings; the comparison needs both)")
     args = ap.parse_args()
 
     base = load_spec(args.spec).model_dump(mode="json", exclude_none=True)
@@ -112,7 +120,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             for name, search, scheduler in (("optuna (TPE) + ASHA", "optuna", asha),
-                                            ("random, no early stop", "random", {"kind": "fifo"})):
+                                            ("random, no stopping", "random", {"kind": "fifo"})):
+                if args.only not in (None, search):
+                    continue
                 print(f"seed {seed}, {name}: {args.trials} trials of {args.max_steps} steps, metric "
                       f"{base['tune']['metric']}, scheduler {scheduler}", flush=True)
                 spec = parse_spec(variant(base, search, scheduler, args.trials, args.max_steps, seed))
@@ -122,18 +132,22 @@ def main() -> None:
                 rows, best = tune_experiment(spec, run_dir, echo=lambda _: None)
                 out[search].append(describe(f"seed {seed}, {name}", rows, best, time.perf_counter() - t))
                 print((run_dir / "tune" / "trials.md").read_text(), flush=True)
-    print("\nseed  optuna+ASHA steps  best     random steps  best")
+    if args.only:
+        return
+    print("\nseed  optuna+ASHA steps  best     random steps  (with guard)  best")
     for seed, o, r in zip(args.seeds, out["optuna"], out["random"]):
-        print(f"{seed:4d}  {o['steps']:17d}  {o['best']:.4f}  {r['steps']:12d}  {r['best']:.4f}")
-    steps = {k: sum(x["steps"] for x in v) for k, v in out.items()}
-    diverged = {k: sum(x["diverged"] for x in v) for k, v in out.items()}
-    print(f"all seeds: optuna+ASHA {steps['optuna']} steps ({diverged['optuna']} on diverged trials), "
-          f"random {steps['random']} steps ({diverged['random']} on diverged trials)")
+        print(f"{seed:4d}  {o['steps']:17d}  {o['best']:.4f}  {r['steps']:12d}  {r['guarded']:12d}  {r['best']:.4f}")
+    total = {k: {f: sum(x[f] for x in v) for f in ("steps", "diverged", "guarded")} for k, v in out.items()}
+    print(f"all seeds: optuna+ASHA {total['optuna']['steps']} steps ({total['optuna']['diverged']} on diverged "
+          f"trials), random {total['random']['steps']} steps ({total['random']['diverged']} on diverged trials; "
+          f"{total['random']['guarded']} with the divergence guard alone)")
     mean = {k: statistics.fmean(x["best"] for x in v) for k, v in out.items()}
     wins = sum(o["best"] <= r["best"] for o, r in zip(out["optuna"], out["random"]))
-    print(f"steps: random / optuna+ASHA = {steps['random'] / max(steps['optuna'], 1):.2f}x (target >= 2x); "
-          f"mean best metric over {len(args.seeds)} seeds: optuna {mean['optuna']:.4f} vs random "
-          f"{mean['random']:.4f} ({'equal or better' if mean['optuna'] <= mean['random'] else 'worse'}); "
+    ours = max(total["optuna"]["steps"], 1)
+    print(f"steps: random / optuna+ASHA = {total['random']['steps'] / ours:.2f}x (target >= 2x); random with the "
+          f"divergence guard alone / optuna+ASHA = {total['random']['guarded'] / ours:.2f}x (what TPE and ASHA "
+          f"add to the guard); mean best metric over {len(args.seeds)} seeds: optuna {mean['optuna']:.4f} vs "
+          f"random {mean['random']:.4f} ({'equal or better' if mean['optuna'] <= mean['random'] else 'worse'}); "
           f"optuna's best equal or better in {wins} of {len(args.seeds)} seeds")
 
 

@@ -77,7 +77,8 @@ def tune_experiment(spec: ExperimentSpec, run_dir: Path, resume: bool = False, a
     start_ray(spec, address)
     setup = TrialSetup(kind=method.kind, options=options, records=training_records(spec),
                        model=spec.model.model_dump(), root=(run_dir / "trials").resolve(), metric=t.metric,
-                       penalty=t.penalty, seed=spec.seed, use_gpu=spec.resources.use_gpu)
+                       penalty=t.penalty, seed=spec.seed, use_gpu=spec.resources.use_gpu,
+                       stop_diverged=t.stop_diverged)
     echo(f"searching {len(t.space)} parameters of '{method.name}' with {t.search} "
          f"({t.num_samples} trials, {t.max_concurrent_trials} at once, scheduler {t.scheduler.kind})")
     steps = max_steps(method.kind, options, len(setup.records))

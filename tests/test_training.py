@@ -149,6 +149,23 @@ def test_guard_stops_a_real_trainer_at_the_first_nan(tmp_path):
     assert math.isfinite(reported[0]["loss"]) and "diverged" in reported[-1]
 
 
+def test_a_guard_told_not_to_stop_flags_the_divergence_and_lets_training_run_on():
+    """``stop=False`` (a plain search's baseline): the diagnosis and its step are kept, training goes on."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    reported = []
+    guard = DivergenceGuard(report=reported.append, min_interval_s=3600, stop=False)
+    control = TrainerControl()
+    for step, loss in [(1, 7.6), (2, math.nan), (3, math.nan), (4, math.nan)]:
+        guard.on_log(None, SimpleNamespace(global_step=step), control, logs={"loss": loss, "grad_norm": 0.5})
+    assert not control.should_training_stop and guard.diagnosis.endswith("at step 2")
+    assert [r["step"] for r in reported] == [2]  # the divergence at once; later steps batched as usual
+    guard.on_train_end(None, None, control)
+    assert [r["step"] for r in reported] == [2, 4] and "at step 2" in reported[-1]["diverged"]
+
+
 def _checkpoint_dir(storage, name: str, step: int | None = None, summary: dict | None = None):
     d = storage / name
     if step is not None:

@@ -11,7 +11,7 @@ from orchestrator.spec import SpecError, parse_spec
 from tune.search import TrialRow, best_row, make_sampler
 from tune.space import (LAYER_END, LAYER_START, LAYER_WIDTH, LayerRange, Range, TuneSpec, apply_params,
                         define_space, layer_range)
-from tune.trial import DIAGNOSIS, DIVERGED, Objective
+from tune.trial import DIAGNOSIS, DIVERGED, DIVERGED_AT, Objective, TrialSetup, run_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -72,6 +72,35 @@ def test_a_diverged_trial_reports_a_finite_penalty_from_then_on():
     assert bad["loss"] == 1000.0 and bad[DIVERGED] == 1 and "non-finite loss" in bad[DIAGNOSIS]
     final = obj({"train_loss": 3.0, "final": 1})  # the summary after the guard stopped training
     assert final["loss"] == 1000.0 and final[DIVERGED] == 1
+
+
+def test_a_diverged_trial_records_the_step_it_diverged_at():
+    obj = Objective("eval_loss", penalty=1000.0)
+    assert DIVERGED_AT not in obj({"step": 1, "loss": 7.0})
+    assert obj({"step": 3, "loss": 7.1, "diverged": "gradient norm collapsed to 0 at step 3"})[DIVERGED_AT] == 3
+    later = obj({"step": 9, "loss": 7.2})  # a trial told not to stop trains on: still diverged at 3
+    assert later[DIVERGED_AT] == 3 and later["eval_loss"] == 1000.0
+
+
+@pytest.mark.parametrize("stop", [True, False])
+def test_a_trial_runs_the_methods_training_job_with_the_searchs_divergence_setting(stop, tmp_path, monkeypatch):
+    import ray.tune
+
+    import jobs.training.runner as runner
+    import tune.trial
+    from orchestrator.tuning import training_records
+
+    jobs = []
+    monkeypatch.setattr(runner, "run_training", lambda job, callbacks: jobs.append(job))
+    monkeypatch.setattr(tune.trial, "TrialReport", lambda *args: None)  # Tune's callback needs a Tune session
+    monkeypatch.setattr(ray.tune, "get_context", lambda: type("C", (), {"get_trial_id": lambda self: "t1"})())
+    spec = parse_spec({**SPEC, "methods": SPEC["methods"][1:]})
+    setup = TrialSetup(kind="sft", options={"max_steps": 4}, records=training_records(spec),
+                       model={"name": "tiny"}, root=tmp_path, metric="loss", penalty=1000.0, stop_diverged=stop)
+    run_trial({"learning_rate": 0.5}, setup)
+    (job,) = jobs
+    assert job.stop_on_divergence is stop and job.await_verdicts and job.options.learning_rate == 0.5
+    assert job.work_dir == tmp_path / "t1"
 
 
 def test_the_guards_own_diagnosis_is_kept_and_summaries_carry_the_last_value():

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tune.space import LAYER_START, TuneSpec, define_space, layer_range
-from tune.trial import DIAGNOSIS, DIVERGED, TrialSetup, run_trial
+from tune.trial import DIAGNOSIS, DIVERGED, DIVERGED_AT, TrialSetup, run_trial
 
 EXPERIMENT = "search"
 
@@ -29,6 +29,7 @@ class TrialRow:
     steps: int  # training steps the trial ran
     time_s: float
     diagnosis: str = ""
+    diverged_at: int | None = None  # the step the guard flagged (the trial ran on to `steps` if not stopped)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -124,6 +125,7 @@ def _row(result, metric: str, trials_root: Path, max_steps: int) -> TrialRow:
         steps=steps,
         time_s=float(m.get("time_total_s") or 0.0),
         diagnosis=str(m.get(DIAGNOSIS) or first_line),
+        diverged_at=int(m[DIVERGED_AT]) if state == DIVERGED and m.get(DIVERGED_AT) is not None else None,
     )
 
 

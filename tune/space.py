@@ -85,6 +85,8 @@ class TuneSpec(_Strict):
     resources_per_trial: TrialResources = Field(default_factory=TrialResources)
     # What a diverged trial reports instead of NaN (Optuna rejects NaN): worse than any real value.
     divergence_penalty: PositiveFloat = 1000.0
+    # false: a diverged trial is still marked (and penalised) but trains to the end, as without the guard
+    stop_diverged: bool = True
     space: dict[str, Range | list[Any] | LayerRange] = Field(min_length=1)
     seed: int = 0
 

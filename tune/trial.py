@@ -25,6 +25,7 @@ from tune.space import apply_params
 
 DIVERGED = "diverged"  # result key: 1 when the trial diverged
 DIAGNOSIS = "diagnosis"  # result key: the guard's one-line diagnosis
+DIVERGED_AT = "diverged_at"  # result key: the step the trial diverged at (it trains on if not stopped)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class TrialSetup:
     penalty: float
     seed: int = 0
     use_gpu: bool = False
+    stop_diverged: bool = True  # the guard stops a diverged trial at once (false: it only flags it)
 
 
 class Objective:
@@ -49,6 +51,7 @@ class Objective:
         self.metric, self.penalty = metric, penalty
         self.last: float | None = None
         self.diagnosis: str | None = None
+        self.diverged_at: int | None = None
 
     def __call__(self, metrics: dict[str, Any]) -> dict[str, Any]:
         m = dict(metrics)
@@ -61,7 +64,10 @@ class Objective:
         if self.diagnosis is None and value is not None and not math.isfinite(float(value)):
             self.diagnosis = f"non-finite {self.metric} ({value}) at step {m.get('step', '?')}"
         if self.diagnosis is not None:
+            if self.diverged_at is None:
+                self.diverged_at = int(m.get("step", 0))
             m[self.metric], m[DIVERGED], m[DIAGNOSIS] = self.penalty, 1, self.diagnosis
+            m[DIVERGED_AT] = self.diverged_at
         elif value is not None:
             self.last = float(value)
             m[DIVERGED] = 0
@@ -106,5 +112,6 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
     trial_id = tune.get_context().get_trial_id()
     context = MethodContext(model=setup.model, work_dir=setup.root / trial_id, seed=setup.seed,
                             use_gpu=setup.use_gpu)
-    job = replace(module.training_job(setup.records, options, context), await_verdicts=True)
+    job = replace(module.training_job(setup.records, options, context), await_verdicts=True,
+                  stop_on_divergence=setup.stop_diverged)
     run_training(job, callbacks=[TrialReport(setup.metric, setup.penalty, Verdict(context.work_dir / VERDICT))])

@@ -35,12 +35,13 @@ class DivergenceGuard(TrainerCallback):
     level (validation scores too) and all logs since the previous report in
     ``history``; a divergence is reported at once. ``agree`` makes the
     when-to-report decision the same on every worker (``ray.train.report`` is a
-    collective).
+    collective). ``stop=False`` only flags the divergence and lets training run
+    on (a plain search without the guard, as a baseline).
     """
 
     def __init__(self, report: Callable[[dict], None] | None = None, min_interval_s: float = 0.0,
-                 agree: Callable[[bool], bool] | None = None, verdict: Verdict | None = None):
-        self.report, self.min_interval_s, self.verdict = report, min_interval_s, verdict
+                 agree: Callable[[bool], bool] | None = None, verdict: Verdict | None = None, stop: bool = True):
+        self.report, self.min_interval_s, self.verdict, self.stop = report, min_interval_s, verdict, stop
         self.agree = agree or (lambda due: due)  # a collective: every worker takes rank 0's decision
         self.pending: list[dict] = []
         self.last_report = time.monotonic()
@@ -74,9 +75,11 @@ class DivergenceGuard(TrainerCallback):
         logs = logs or {}
         if not any(k in logs for k in ("loss", "grad_norm", *EVAL_KEYS)):
             return  # the end-of-training summary (train_loss, train_runtime, ...)
+        flagged = False
         if self.diagnosis is None:
             self.diagnosis = self.check(logs, state.global_step)
-        if self.diagnosis is not None:
+            flagged = self.diagnosis is not None
+        if self.diagnosis is not None and self.stop:
             control.should_training_stop = True
             control.should_save = False  # a diverged state is not worth resuming from
         if self.report is None:
@@ -89,11 +92,11 @@ class DivergenceGuard(TrainerCallback):
         # they were scored); a training log that the Trainer follows with a validation run waits for the score.
         scored = any(k in logs for k in EVAL_KEYS)
         scoring_next = "loss" in logs and control.should_evaluate
-        due = self.diagnosis is not None or scored or (
+        due = flagged or scored or (
             not scoring_next and time.monotonic() - self.last_report >= self.min_interval_s)
         if self.agree(due):
             self._flush()
-            if scored and self.diagnosis is None and self.verdict is not None:
+            if scored and self.verdict is not None and not (self.stop and self.diagnosis is not None):
                 self.verdict.wait(state.global_step)
 
     def on_train_end(self, args, state, control, **kwargs):

@@ -65,6 +65,7 @@ class TrainJob:
     method: str = ""  # the method's name in the spec: tags the dashboard's training metrics
     # A Ray Tune trial: after each validation score, wait for the scheduler's go-ahead (guards.Verdict)
     await_verdicts: bool = False
+    stop_on_divergence: bool = True  # False: the guard only flags a divergence (a search's plain baseline)
 
 
 @dataclass
@@ -258,7 +259,7 @@ def train_worker(config: dict) -> None:
         trainer = job.build(setup)
         verdict = Verdict(Path(job.work_dir) / VERDICT) if job.await_verdicts else None
         guard = DivergenceGuard(report=ray.train.report, min_interval_s=REPORT_EVERY_S, agree=_rank0_decides,
-                                verdict=verdict)
+                                verdict=verdict, stop=job.stop_on_divergence)
         trainer.add_callback(guard)
         trainer.add_callback(telemetry.trainer_callback(job.method or job.options.__class__.__module__))
         trainer.add_callback(CheckpointReport(storage / POINTER, rank, ray.train.report, Checkpoint.from_directory,
