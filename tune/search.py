@@ -125,7 +125,7 @@ def _row(result, metric: str, trials_root: Path, max_steps: int) -> TrialRow:
         steps=steps,
         time_s=float(m.get("time_total_s") or 0.0),
         diagnosis=str(m.get(DIAGNOSIS) or first_line),
-        diverged_at=int(m[DIVERGED_AT]) if state == DIVERGED and m.get(DIVERGED_AT) is not None else None,
+        diverged_at=int(m[DIVERGED_AT]) if m.get(DIVERGED_AT) is not None else None,
     )
 
 

@@ -79,7 +79,8 @@ class DivergenceGuard(TrainerCallback):
         if self.diagnosis is None:
             self.diagnosis = self.check(logs, state.global_step)
             flagged = self.diagnosis is not None
-        if self.diagnosis is not None and self.stop:
+        stopping = self.stop and self.diagnosis is not None
+        if stopping:
             control.should_training_stop = True
             control.should_save = False  # a diverged state is not worth resuming from
         if self.report is None:
@@ -96,7 +97,7 @@ class DivergenceGuard(TrainerCallback):
             not scoring_next and time.monotonic() - self.last_report >= self.min_interval_s)
         if self.agree(due):
             self._flush()
-            if scored and self.verdict is not None and not (self.stop and self.diagnosis is not None):
+            if scored and self.verdict is not None and not stopping:
                 self.verdict.wait(state.global_step)
 
     def on_train_end(self, args, state, control, **kwargs):
