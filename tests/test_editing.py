@@ -178,8 +178,13 @@ def test_unlearning_lowers_old_api_likelihood_and_keeps_retain_set(fact_model):
     f0, r0 = mean_lp(forget), mean_lp(retain)
     result = run_batch(model, tok, "unlearn", hp, batch)
     assert mean_lp(forget) == pytest.approx(f0) and mean_lp(retain) == pytest.approx(r0)  # weights restored
-    assert result.extra["forget_logprob"] < f0 - 1.0
-    assert abs(result.extra["retain_logprob"] - r0) < 0.3
+    forget_drop = f0 - result.extra["forget_logprob"]
+    retain_drop = r0 - result.extra["retain_logprob"]  # negative when the retain set got likelier
+    # What unlearning must do, with margins across CPU kernel paths and seeds (measured: forget drops
+    # 9.7-22 nats, retain moves <= 0.04): the forget set falls clearly, and far more than the retain set.
+    assert forget_drop > 2.0, (f0, result.extra)
+    assert retain_drop < 0.1 * forget_drop, (forget_drop, retain_drop)
+    assert retain_drop < 0.3, (r0, result.extra)
 
 
 @pytest.mark.slow
