@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data.codeupdatearena import load_codeupdatearena  # noqa: E402
 from data.registry import data_dir  # noqa: E402
-from jobs.executor import Program  # noqa: E402
-from jobs.sandbox import DEFAULT_PRELOAD, Limits  # noqa: E402
+from jobs.sandbox.executor import Program  # noqa: E402
+from jobs.sandbox.slots import DEFAULT_PRELOAD, Limits  # noqa: E402
 
 
 def programs_for(path: Path, with_update: bool) -> list[tuple[str, str, Program]]:
@@ -140,7 +140,7 @@ def main() -> None:
 
     import ray
 
-    from jobs.pool import SandboxPool
+    from jobs.sandbox.pool import SandboxPool
 
     ray.init(num_cpus=cores, logging_level="WARNING", include_dashboard=False)
     t = time.perf_counter()

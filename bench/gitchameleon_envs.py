@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--feasible-only", action="store_true", help="build envs only for CSV-feasible problems")
     ap.add_argument("--pythons", default=None, help="use only these Python versions, e.g. 3.11 (APIMIG_ENV_PYTHONS)")
     ap.add_argument("--as-of", default="dataset", help="resolve unpinned dependencies as of this date "
-                    "(default: jobs.environments.DATASET_AS_OF['gitchameleon']; 'none': newest releases)")
+                    "(default: jobs.sandbox.environments.DATASET_AS_OF['gitchameleon']; 'none': newest releases)")
     ap.add_argument("--torch", action="store_true", help="build torch envs too (APIMIG_ALLOW_TORCH_ENVS=1, ~2-4 GB each)")
     ap.add_argument("--all-failures", action="store_true", help="list failing problems of every class")
     ap.add_argument("--serial", action="store_true", help="build envs one by one, without Ray")
@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from data.gitchameleon import load_gitchameleon
     from data.registry import data_dir
-    from jobs.environments import available_pythons, build_envs, cache_size_bytes, default_cache_dir, spec_for
-    from jobs.executor import Program, SubprocessExecutor
+    from jobs.sandbox.environments import available_pythons, build_envs, cache_size_bytes, default_cache_dir, spec_for
+    from jobs.sandbox.executor import Program, SubprocessExecutor
 
     base = Path(args.data_dir) if args.data_dir else data_dir()
     gdir = (base if base.is_absolute() else ROOT / base) / "gitchameleon"  # relative to the repository root

@@ -6,7 +6,7 @@ sequence length, learning rate and number of steps, in one run:
 
   (a) bare TRL: ``SFTTrainer`` + ``peft_config`` in this process, logging
       every 10 steps, no checkpoints: what a user would write by hand;
-  (b) apimig: ``jobs.training.run_training`` with ``jobs.sft.build_trainer``
+  (b) apimig: ``jobs.training.run_training`` with ``jobs.methods.sft.build_trainer``
       on Ray Train (``--workers`` workers), with everything the job adds:
       per-step divergence checks and ``ray.train.report``, checkpoints every
       ``save_steps``, the final adapter report.
@@ -40,7 +40,7 @@ def bare_trl(rows: list[dict], options, threads: int) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from jobs.models import load_model
+    from jobs.inference.models import load_model
     from jobs.training.adapters import lora_config
 
     torch.set_num_threads(threads)
@@ -62,7 +62,7 @@ def bare_trl(rows: list[dict], options, threads: int) -> dict:
 
 
 def apimig_job(rows: list[dict], options, work_dir: Path) -> dict:
-    from jobs import sft
+    from jobs.methods import sft
     from jobs.training.runner import TrainJob, run_training
 
     t0 = time.monotonic()
@@ -86,8 +86,8 @@ def main() -> int:
     import ray
 
     from data.migrations import load_migrations
-    from jobs import sft
-    from jobs.models import model_path
+    from jobs.inference.models import model_path
+    from jobs.methods import sft
     from jobs.training.data import sft_rows
 
     model_path("tiny")

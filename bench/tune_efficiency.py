@@ -57,7 +57,7 @@ def pretrained_tiny(steps: int, out: Path) -> str:
     import torch
 
     from data.humaneval import load_humaneval
-    from jobs.models import load_model
+    from jobs.inference.models import load_model
 
     torch.manual_seed(0)
     model, tok = load_model("tiny")

@@ -1,1 +1,2 @@
-"""Job kinds (one module each) and the components they share: execution, evaluation, metrics."""
+"""What runs on Ray workers: method kinds (``methods``) and the rooms they share (``inference``,
+``evaluation``, ``sandbox``, ``training``, ``editing``, ``rules``)."""

@@ -19,10 +19,10 @@ from typing import Callable
 from data.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from data.registry import load_dataset
 from jobs import telemetry
-from jobs.evaluate import EvalSettings, JobRequest, JobResult, run_eval_job
-from jobs.pool import SandboxPool
-from jobs.registry import MethodContext
-from jobs.sandbox import Limits
+from jobs.evaluation.job import EvalSettings, JobRequest, JobResult, run_eval_job
+from jobs.methods.registry import MethodContext
+from jobs.sandbox.pool import SandboxPool
+from jobs.sandbox.slots import Limits
 from orchestrator.manifest import Manifest
 from orchestrator.plan import PlannedJob, plan_jobs
 from orchestrator.spec import ExperimentSpec

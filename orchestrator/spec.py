@@ -2,7 +2,7 @@
 
 Every problem with a spec surfaces as one :class:`SpecError` line naming the
 field (``methods[1].kind: unknown method kind 'x' ...``) before any work
-starts. Method kinds bring their own option models (see ``jobs.registry``).
+starts. Method kinds bring their own option models (see ``jobs.methods.registry``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from data.registry import DATASETS, resolve_path
-from jobs.registry import METHODS, method_module
-from jobs.sandbox import DEFAULT_PRELOAD
+from jobs.methods.registry import METHODS, method_module
+from jobs.sandbox.slots import DEFAULT_PRELOAD
 from tune.space import TuneSpec, apply_params, representative_params
 
 # Names become file names and job ids ("<method>__<dataset>"): plain, and no "__".

@@ -54,7 +54,7 @@ def training_records(spec: ExperimentSpec) -> list:
 
 def max_steps(kind: str, options: dict, num_records: int) -> int:
     """A trial's training steps (ASHA's ``max_t``): ``max_steps``, or epochs over the records (an upper bound)."""
-    from jobs.registry import method_module
+    from jobs.methods.registry import method_module
 
     o = method_module(kind).Options.model_validate(options)
     if o.max_steps > 0:

@@ -1,4 +1,4 @@
-"""The api_ok metric (jobs.api_check): static detection of new/old API use."""
+"""The api_ok metric (jobs.evaluation.api_check): static detection of new/old API use."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from jobs.api_check import ApiUsage, check_api, uses_api
+from jobs.evaluation.api_check import ApiUsage, check_api, uses_api
 
 
 def code(s: str) -> str:

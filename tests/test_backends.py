@@ -13,8 +13,8 @@ import pytest
 from pydantic import ValidationError
 
 from data.migrations import load_migrations
-from jobs.backends import BackendConfig, BackendError, make_backend
-from jobs.backends.http import backoff_delay, retry_after_seconds
+from jobs.inference.backends import BackendConfig, BackendError, make_backend
+from jobs.inference.backends.http import backoff_delay, retry_after_seconds
 from tests.fake_llm_server import FakeLLMServer
 
 CHAT = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "write code"}]
@@ -214,13 +214,13 @@ def _old_code_responder(path: str, body: dict) -> str:
 def test_prompt_experiment_rerun_is_free_identical_and_leaks_no_key(tmp_path, api_key, monkeypatch, caplog, capsys):
     """Issue acceptance: the second run of the same prompt job makes zero HTTP calls and predicts the same."""
     from data.io import atomic_write_json, atomic_write_jsonl
-    from jobs import registry
-    from jobs.evaluate import EvalSettings, JobRequest, run_eval_job
-    from jobs.registry import MethodContext
-    from jobs.sandbox import SandboxExecutor
+    from jobs.evaluation.job import EvalSettings, JobRequest, run_eval_job
+    from jobs.methods import registry
+    from jobs.methods.registry import MethodContext
+    from jobs.sandbox.slots import SandboxExecutor
     from orchestrator.driver import write_outputs
 
-    monkeypatch.setitem(registry.METHODS, "prompt", "jobs.prompt")  # the lead registers it for real
+    monkeypatch.setitem(registry.METHODS, "prompt", "jobs.methods.prompt")  # the lead registers it for real
     caplog.set_level(logging.DEBUG)
     records = [r for r in load_migrations() if r.update.library == "python"][:3]
     with FakeLLMServer(responder=_old_code_responder) as srv, SandboxExecutor(parallelism=2) as executor:

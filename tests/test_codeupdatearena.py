@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from data.codeupdatearena import load_codeupdatearena
-from jobs.evaluate import EvalSettings, evaluate, summarize
-from jobs.sandbox import SandboxExecutor
+from jobs.evaluation.job import EvalSettings, evaluate, summarize
+from jobs.sandbox.slots import SandboxExecutor
 
 # Examples whose own tests fail here for reasons outside apimig: memory beyond the per-program
 # budget, APIs removed from the installed libraries, nondeterminism (docs/codeupdatearena.md).
@@ -59,7 +59,7 @@ def test_sandbox_verdicts_match_fresh_interpreters(records, sandbox, tmp_path):
         for test in rec.tests[:2]:
             programs.append((rec.code_for(rec.reference), test))
             programs.append((rec.code_for(rec.reference, with_update=False), test))
-    from jobs.executor import Program
+    from jobs.sandbox.executor import Program
 
     ours = sandbox.run([Program(c, t) for c, t in programs], timeout_s=30)
     path = tmp_path / "program.py"

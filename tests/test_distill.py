@@ -6,8 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from data.migrations import load_migrations
-from jobs.distill import Options, check_vocabularies
-from jobs.registry import MethodContext
+from jobs.methods.distill import Options, check_vocabularies
+from jobs.methods.registry import MethodContext
 
 
 def test_options_need_a_teacher_and_a_valid_loss_mix():
@@ -20,7 +20,7 @@ def test_options_need_a_teacher_and_a_valid_loss_mix():
 
 
 def test_fewer_prompts_than_one_batch_is_an_error(tmp_path):
-    from jobs.distill import predict
+    from jobs.methods.distill import predict
 
     context = MethodContext(model={"name": "tiny"}, work_dir=tmp_path, seed=0)
     with pytest.raises(ValueError, match="2 training prompts, fewer than one batch"):
@@ -30,7 +30,7 @@ def test_fewer_prompts_than_one_batch_is_an_error(tmp_path):
 def test_vocabulary_mismatch_is_one_clear_error(tmp_path):
     from transformers import AutoConfig
 
-    from jobs.models import model_path
+    from jobs.inference.models import model_path
 
     config = AutoConfig.from_pretrained(model_path("tiny"))
     config.vocab_size += 1
@@ -51,7 +51,7 @@ def test_tiny_to_tiny_distillation_trains_and_answers(tmp_path):
                           generation={"max_new_tokens": 8, "batch_size": 4})
         records = load_migrations()[:4]  # one batch: 2 per worker x 2 workers
         context = MethodContext(model={"name": "tiny"}, work_dir=tmp_path / "work" / "distill", seed=0)
-        from jobs.distill import predict
+        from jobs.methods.distill import predict
 
         out = predict(records, options, context)
     finally:

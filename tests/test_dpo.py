@@ -7,7 +7,7 @@ import math
 import pytest
 
 from data.migrations import load_migrations
-from jobs import dpo
+from jobs.methods import dpo
 from jobs.training.adapters import lora_config
 from jobs.training.data import preference_rows, to_dataset
 from jobs.training.runner import TrainJob, WorkerSetup, common_args
@@ -21,7 +21,7 @@ def test_options():
 
 
 def test_builder_trains_the_adapter_towards_the_new_api(tmp_path):
-    from jobs.models import load_tokenizer
+    from jobs.inference.models import load_tokenizer
 
     options = dpo.Options(max_steps=3, batch_size=2, max_length=512, learning_rate=1e-3, warmup_ratio=0.0,
                           adapter={"scope": "hierarchical", "target_modules": ["q_proj", "v_proj"]})

@@ -7,9 +7,9 @@ from pydantic import ValidationError
 
 from data.migrations import load_migrations
 from data.records import TaskRecord, UpdateInfo
-from jobs.edit import Options
 from jobs.editing.hparams import load_hparams
 from jobs.editing.requests import api_diff, requests_from_records
+from jobs.methods.edit import Options
 
 
 def test_requests_from_builtin_migrations():

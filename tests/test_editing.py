@@ -27,7 +27,7 @@ def fact_model(tmp_path_factory):
     """A 3-layer Qwen2 trained for a few seconds to memorise FACTS, saved like any HF model."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from jobs.models import load_tokenizer
+    from jobs.inference.models import load_tokenizer
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -109,7 +109,7 @@ def _small(kind: str):
     """A random 2-layer model of each supported layout, plus the tiny tokenizer."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    from jobs.models import load_tokenizer
+    from jobs.inference.models import load_tokenizer
 
     tok = load_tokenizer("tiny")
     torch.manual_seed(0)

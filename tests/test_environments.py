@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from jobs import environments as envs
-from jobs.environments import MARKER, EnvSpec, build_env, build_envs, failure_reason, spec_for
-from jobs.executor import Program, SubprocessExecutor
+from jobs.sandbox import environments as envs
+from jobs.sandbox.environments import MARKER, EnvSpec, build_env, build_envs, failure_reason, spec_for
+from jobs.sandbox.executor import Program, SubprocessExecutor
 
 SIX = EnvSpec(None, ("six==1.16.0",))
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data.codeupdatearena import load_codeupdatearena
-from data.humaneval import load_humaneval
-from jobs.evaluate import EvalSettings, JobRequest, evaluate, run_eval_job, summarize
 import pytest
 
-from jobs.registry import MethodContext
-from jobs.sandbox import SandboxExecutor
+from data.codeupdatearena import load_codeupdatearena
+from data.humaneval import load_humaneval
+from jobs.evaluation.job import EvalSettings, JobRequest, evaluate, run_eval_job, summarize
+from jobs.methods.registry import MethodContext
+from jobs.sandbox.slots import SandboxExecutor
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_pass_at_k_with_samples(sandbox):
 
 
 def test_pass_at_k_estimator():
-    from jobs.evaluate import pass_at_k
+    from jobs.evaluation.job import pass_at_k
 
     assert pass_at_k(10, 0, 1) == 0.0 and pass_at_k(10, 10, 5) == 1.0
     assert abs(pass_at_k(5, 1, 1) - 0.2) < 1e-12 and abs(pass_at_k(5, 2, 2) - (1 - 3 / 10)) < 1e-12

@@ -1,6 +1,6 @@
 """The simple executor's verdicts: a pass needs the test part to finish, not just exit code 0."""
 
-from jobs.executor import Program, SubprocessExecutor
+from jobs.sandbox.executor import Program, SubprocessExecutor
 
 
 def test_verdicts():

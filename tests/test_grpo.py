@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from data.migrations import load_migrations
 from data.records import Environment
-from jobs.grpo import THINK_ANSWER, Options, grpo_rows, messages
-from jobs.registry import MethodContext
+from jobs.methods.grpo import THINK_ANSWER, Options, grpo_rows, messages
+from jobs.methods.registry import MethodContext
 
 
 def stdlib_records(n: int):
@@ -46,8 +46,8 @@ def test_rows_carry_the_reward_columns_and_the_format_instruction():
 def test_local_sandbox_factory_pickles_and_builds_on_use():
     import pickle
 
-    from jobs.grpo import LocalSandboxFactory
-    from jobs.sandbox import SandboxExecutor
+    from jobs.methods.grpo import LocalSandboxFactory
+    from jobs.sandbox.slots import SandboxExecutor
     from jobs.training.rewards import ExecutionReward
 
     reward = pickle.loads(pickle.dumps(ExecutionReward(LocalSandboxFactory(1))))  # as sent to a Ray Train worker
@@ -62,8 +62,8 @@ def test_grpo_on_two_workers_with_the_runs_sandbox_pool_logs_rewards(tmp_path):
     """One Ray instance for both: the reward through a sandbox pool, then a tiny GRPO run given that pool."""
     import ray
 
-    from jobs.grpo import predict
-    from jobs.pool import SandboxPool
+    from jobs.methods.grpo import predict
+    from jobs.sandbox.pool import SandboxPool
     from jobs.training.rewards import ExecutionReward
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", namespace="apimig")

@@ -1,4 +1,4 @@
-from jobs.metrics import edit_similarity, exact_match, strip_comments, syntax_ok
+from jobs.evaluation.metrics import edit_similarity, exact_match, strip_comments, syntax_ok
 
 
 def test_syntax_ok():

@@ -7,8 +7,8 @@ import collections
 import pytest
 
 from data.migrations import load_migrations
-from jobs.executor import Program
-from jobs.sandbox import SandboxExecutor
+from jobs.sandbox.executor import Program
+from jobs.sandbox.slots import SandboxExecutor
 
 RECORDS = load_migrations()  # every variant of every case
 

@@ -7,8 +7,8 @@ import torch
 
 from data.migrations import load_migrations
 from data.prompts import build_messages
-from jobs.generation import GenerationSettings, generate
-from jobs.models import load_model, model_path, tiny_model_dir
+from jobs.inference.generation import GenerationSettings, generate
+from jobs.inference.models import load_model, model_path, tiny_model_dir
 
 
 @pytest.fixture(scope="module")

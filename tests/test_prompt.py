@@ -7,11 +7,11 @@ from pydantic import ValidationError
 
 from data.migrations import load_migrations
 from data.prompts import NO_RULES, build_messages, extract_answer, extract_code, strategies
-from jobs.backends import BackendConfig, make_backend
-from jobs.generation import render
-from jobs.models import load_tokenizer
-from jobs.prompt import Options, chats_for, predict
-from jobs.registry import MethodContext
+from jobs.inference.backends import BackendConfig, make_backend
+from jobs.inference.generation import render
+from jobs.inference.models import load_tokenizer
+from jobs.methods.prompt import Options, chats_for, predict
+from jobs.methods.registry import MethodContext
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_every_strategy_renders_with_the_chat_template(records):
 
 
 class _Rules:
-    """Stands in for data.rules.RuleSet: matches rules whose 'before' occurs in the code."""
+    """Stands in for jobs.rules.RuleSet: matches rules whose 'before' occurs in the code."""
 
     def __init__(self, rules):
         self.rules = rules
@@ -66,7 +66,7 @@ def test_with_rules_shows_only_matching_rules(records):
 
 
 def test_with_rules_uses_rules_mined_from_the_train_split(tmp_path):
-    from jobs.prompt import load_rules
+    from jobs.methods.prompt import load_rules
 
     mined = load_rules(None)
     held_out = next(r for r in load_migrations(split="test") if r.meta["case"] == "pandas-dataframe-append")
@@ -124,8 +124,8 @@ def test_sampling_survives_nan_logits():
     """An fp16-style blow-up (every logit NaN) must not crash sampling (it does without the guard)."""
     import torch
 
-    from jobs.generation import GenerationSettings, generate
-    from jobs.models import load_model
+    from jobs.inference.generation import GenerationSettings, generate
+    from jobs.inference.models import load_model
 
     model, tokenizer = load_model("tiny")
     with torch.no_grad():

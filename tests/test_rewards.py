@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.executor import Program
-from jobs.sandbox import SandboxExecutor
+from jobs.sandbox.executor import Program
+from jobs.sandbox.slots import SandboxExecutor
 from jobs.training.rewards import ExecutionReward, ExecutionWeights, RecodeReward, build_rewards, recode_score
 
 # Stripped of comments and blank lines: "def f(x):\n    return x + 1" = 9 + 1 + 16 = 26 characters.

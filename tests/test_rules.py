@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from data.records import UpdateInfo
-from data.rules import Rule, RuleSet, RulesFormatError, apply_rules, mine_rules
+from jobs.rules import Rule, RuleSet, RulesFormatError, apply_rules, mine_rules
 
 
 def _mine(old: str, new: str, old_api: str | None = None):
@@ -170,10 +170,10 @@ def test_rule_validates_imports():
 def test_held_out_variants_pass_at_1_through_the_sandbox():
     """The issue's acceptance: rules mined on variant 0 of each case fix >= 60% of the held-out variants."""
     from data.migrations import load_migrations
-    from jobs.evaluate import EvalSettings, evaluate, summarize
-    from jobs.registry import MethodContext
-    from jobs.rules import Options, predict
-    from jobs.sandbox import SandboxExecutor
+    from jobs.evaluation.job import EvalSettings, evaluate, summarize
+    from jobs.methods.registry import MethodContext
+    from jobs.methods.rules import Options, predict
+    from jobs.sandbox.slots import SandboxExecutor
 
     test = load_migrations(split="test")
     out = predict(test, Options(), MethodContext(model={}, work_dir=Path(".")))

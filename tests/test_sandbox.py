@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.executor import Program
-from jobs.sandbox import Limits, SandboxExecutor
+from jobs.sandbox.executor import Program
+from jobs.sandbox.slots import Limits, SandboxExecutor
+
 TIMEOUT = 5.0
 SECRET = "sk-apimig-test-" + uuid.uuid4().hex
 MARK = uuid.uuid4().hex  # names of files hostile programs try to create in the real /tmp

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from jobs.sft import Options
+from jobs.methods.sft import Options
 
 pytestmark = pytest.mark.slow
 

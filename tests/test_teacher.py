@@ -9,9 +9,9 @@ import pytest
 from data.migrations import load_migrations
 from data.recode import load_recode
 from data.teacher_set import load_distillation, parse_pairs
-from jobs.backends import make_backend
-from jobs.sandbox import SandboxExecutor
-from jobs.teacher import Options, run_teacher
+from jobs.inference.backends import make_backend
+from jobs.methods.teacher import Options, run_teacher
+from jobs.sandbox.slots import SandboxExecutor
 from tests.fake_llm_server import FakeLLMServer
 
 OLD = "import inspect\ndef arg_names(func):\n    return list(inspect.getargspec(func).args)\n"

@@ -29,7 +29,7 @@ def test_layer_ranges():
 def _adapted(options: AdapterOptions):
     from peft import get_peft_model
 
-    from jobs.models import load_model
+    from jobs.inference.models import load_model
 
     model, _ = load_model("tiny")
     return get_peft_model(model, lora_config(options, model.config.num_hidden_layers))
@@ -125,7 +125,7 @@ def test_guard_stops_a_real_trainer_at_the_first_nan(tmp_path):
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from jobs.models import load_model
+    from jobs.inference.models import load_model
     from jobs.training.runner import common_args
 
     class Poison(TrainerCallback):

@@ -8,7 +8,7 @@ import pytest
 import ray
 
 from data.migrations import load_migrations
-from jobs import sft
+from jobs.methods import sft
 from jobs.training.data import sft_rows
 from jobs.training.runner import TrainingFailed, TrainJob, run_training
 

@@ -9,8 +9,17 @@ import pytest
 
 from orchestrator.spec import SpecError, parse_spec
 from tune.search import TrialRow, best_row, make_sampler
-from tune.space import (LAYER_END, LAYER_START, LAYER_WIDTH, LayerRange, Range, TuneSpec, apply_params,
-                        define_space, layer_range)
+from tune.space import (
+    LAYER_END,
+    LAYER_START,
+    LAYER_WIDTH,
+    LayerRange,
+    Range,
+    TuneSpec,
+    apply_params,
+    define_space,
+    layer_range,
+)
 from tune.trial import DIAGNOSIS, DIVERGED, DIVERGED_AT, Objective, TrialSetup, run_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -36,7 +36,7 @@ class TrialRow:
 def num_layers(model: dict) -> int:
     from transformers import AutoConfig
 
-    from jobs.models import model_path
+    from jobs.inference.models import model_path
 
     return AutoConfig.from_pretrained(model_path(model), revision=model.get("revision")).num_hidden_layers
 

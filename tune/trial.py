@@ -95,7 +95,7 @@ class TrialReport(TuneReportCallback):
 
 
 def trial_options(setup: TrialSetup, params: dict[str, Any]):
-    from jobs.registry import method_module
+    from jobs.methods.registry import method_module
 
     module = method_module(setup.kind)
     return module, module.Options.model_validate(apply_params(setup.options, params))
@@ -105,7 +105,7 @@ def run_trial(params: dict[str, Any], setup: TrialSetup) -> None:
     """The Tune trainable: train once with ``params``; every step is reported by the runner."""
     from ray import tune
 
-    from jobs.registry import MethodContext
+    from jobs.methods.registry import MethodContext
     from jobs.training.runner import VERDICT, run_training
 
     module, options = trial_options(setup, params)

@@ -7,12 +7,12 @@ from the record (see :func:`template_fields`):
 - ``with_context``: the task and the update's documentation (``docs``, else
   its description);
 - ``with_rules``: the task and the mined rules that match its code, passed
-  as ``extra={"rules": text}`` (``data.rules``' ``RuleSet.describe()``);
+  as ``extra={"rules": text}`` (``jobs.rules``' ``RuleSet.describe()``);
 - ``cot``: reason in prose first, then the code; its answer is the LAST
   python block (reasoning may quote code before it).
 
 ``teacher_pairs.txt`` is not a strategy: it asks a teacher model for
-old/new code pairs (``jobs.teacher``). Every method
+old/new code pairs (``jobs.methods.teacher``). Every method
 that asks a model for code (prompting, the fine-tuning methods' evaluation,
 the teacher) goes through :func:`build_messages`, so the model sees the same
 format at training and at evaluation time. Rendering to the model's own chat

@@ -154,7 +154,7 @@ def _cached_model(model_spec: dict[str, Any], use_gpu: bool):
     """One loaded model per worker process (batches restore what they change, so reuse is safe)."""
     key = json.dumps([model_spec, use_gpu], sort_keys=True)
     if key not in _MODELS:
-        from jobs.models import load_model
+        from jobs.inference.models import load_model
 
         _MODELS[key] = load_model(model_spec, use_gpu=use_gpu)
     return _MODELS[key]

@@ -55,7 +55,7 @@ def load_corpus(name: str) -> list[str]:
 def stats_dir(hp: EditHParams) -> Path:
     if hp.stats_dir:
         return Path(hp.stats_dir)
-    from jobs.models import cache_root
+    from jobs.inference.models import cache_root
 
     return Path(os.environ.get(STATS_ENV) or cache_root().parent / "stats")
 

@@ -23,8 +23,16 @@ from typing import Callable, Sequence
 import torch
 
 from jobs.editing.hparams import EditHParams
-from jobs.editing.modules import (frozen, make_row, mean_key, module, output_edited, pad, target_ids,
-                                  weight_is_transposed)
+from jobs.editing.modules import (
+    frozen,
+    make_row,
+    mean_key,
+    module,
+    output_edited,
+    pad,
+    target_ids,
+    weight_is_transposed,
+)
 from jobs.editing.requests import EditRequest
 
 KL_PROMPTS = ("{} is a",)

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from data.prompts import build_messages, extract_code
 from data.records import TaskRecord
-from jobs.registry import MethodContext, MethodOutput
+from jobs.methods.registry import MethodContext, MethodOutput
 from jobs.training.guards import degenerate_answers
 from jobs.training.options import GenerationOptions
 from jobs.training.runner import TrainOutcome
@@ -21,14 +21,14 @@ def load_adapted(model: dict, adapter_dir: Path, use_gpu: bool):
     """(base model + adapter, tokenizer), ready to generate."""
     from peft import PeftModel
 
-    from jobs.models import load_model
+    from jobs.inference.models import load_model
 
     base, tokenizer = load_model(model, use_gpu=use_gpu)
     return PeftModel.from_pretrained(base, str(adapter_dir)), tokenizer
 
 
 def answer(model, tokenizer, chats: Sequence[list[dict]], gen: GenerationOptions, seed: int) -> list[str]:
-    from jobs.generation import GenerationSettings, generate
+    from jobs.inference.generation import GenerationSettings, generate
 
     settings = GenerationSettings(max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size, seed=seed)
     return [samples[0] for samples in generate(model, tokenizer, chats, settings)]

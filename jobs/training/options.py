@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
-from jobs.registry import MethodOptions
+from jobs.methods.registry import MethodOptions
 
 
 class _Strict(BaseModel):

@@ -26,7 +26,7 @@ against the record's tests in the sandbox; every completion of one GRPO step goe
 
     R_exec = w_runs  * [the code part ran]            (imports and definitions, before any test)
            + w_tests * (tests passed / tests)
-           + w_new   * [the update's new API is used]  (jobs.api_check; unknown counts 0)
+           + w_new   * [the update's new API is used]  (jobs.evaluation.api_check; unknown counts 0)
            - w_old   * [the deprecated API is still used]
 
 Code that does not parse is not executed (it scores only its API terms, which are then unknown: 0).
@@ -38,8 +38,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from jobs.executor import ExecResult, Executor, Program
-from jobs.metrics import edit_similarity, strip_comments, syntax_ok
+from jobs.evaluation.metrics import edit_similarity, strip_comments, syntax_ok
+from jobs.sandbox.executor import ExecResult, Executor, Program
 
 _FORMAT = re.compile(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", re.S)
 _PY_BLOCK = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\n(.*?)```", re.S | re.I)
@@ -104,7 +104,7 @@ class ExecutionWeights:
 
 
 def reward_columns(record, with_update: bool = True) -> dict[str, Any]:
-    """The dataset columns the rewards read, for one ``TaskRecord`` (see ``jobs.grpo``)."""
+    """The dataset columns the rewards read, for one ``TaskRecord`` (see ``jobs.methods.grpo``)."""
     return {
         "reference": record.reference,
         "code_prefix": record.code_for("", with_update=with_update),  # setup + the API update
@@ -115,7 +115,7 @@ def reward_columns(record, with_update: bool = True) -> dict[str, Any]:
 
 
 class ExecutionReward:
-    """Runs every completion of a step in ONE executor call (``jobs.pool.SandboxPool`` or any ``Executor``).
+    """Runs every completion of a step in ONE executor call (``jobs.sandbox.pool.SandboxPool`` or any ``Executor``).
 
     ``executor`` may be a zero-argument factory: it is then built on first use, in the process that
     trains (an executor holding live sandbox servers does not pickle into a Ray Train worker).
@@ -148,7 +148,7 @@ class ExecutionReward:
                  old_api: Sequence[str | None] = (), log_metric: Callable[[str, float], None] | None = None,
                  **_: Any) -> list[float]:
         from data.prompts import extract_code
-        from jobs.api_check import check_api
+        from jobs.evaluation.api_check import check_api
 
         n = len(completions)
         if not (len(code_prefix) == len(tests) == n):

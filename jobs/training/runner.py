@@ -89,7 +89,7 @@ class WorkerSetup:
         """The base model (bf16 on a GPU that has it). Create your *Config first: ZeRO-3 needs it to exist."""
         from transformers import AutoModelForCausalLM
 
-        from jobs.models import model_path, torch_dtype
+        from jobs.inference.models import model_path, torch_dtype
 
         spec = self.job.model
         return AutoModelForCausalLM.from_pretrained(
@@ -111,7 +111,7 @@ def run_training(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from jobs.models import model_path
+    from jobs.inference.models import model_path
 
     t0 = time.monotonic()
     o = job.options
@@ -223,17 +223,15 @@ def common_args(o: TrainingOptions, output_dir: str, seed: int, use_gpu: bool) -
 
 def train_worker(config: dict) -> None:
     """The Ray Train worker loop (one per worker): build, resume, train, report the adapter."""
-    from jobs import telemetry
     import ray.train
+    import torch
     from ray.train import Checkpoint
     from transformers import AutoConfig, set_seed
 
-    from jobs.models import load_tokenizer, model_path
+    from jobs import telemetry
+    from jobs.inference.models import load_tokenizer, model_path
     from jobs.training.adapters import lora_config, parameter_counts
-    from jobs.training.guards import (EVAL_KEYS, CheckpointReport, DivergenceGuard, FaultInjection,
-                                        StepProgress, Verdict)
-
-    import torch
+    from jobs.training.guards import EVAL_KEYS, CheckpointReport, DivergenceGuard, FaultInjection, StepProgress, Verdict
 
     job: TrainJob = config["job"]
     ctx = ray.train.get_context()

@@ -19,8 +19,16 @@ from libcst.codemod import CodemodContext, VisitorBasedCodemodCommand
 from libcst.codemod.visitors import AddImportsVisitor, RemoveImportsVisitor
 from libcst.metadata import QualifiedNameProvider
 
-from data.rules.model import Rule, RuleSet
-from data.rules.pattern import MetadataNames, Pattern, dotted, explicit_keywords, is_qualified_chain, render, resolve_names
+from jobs.rules.model import Rule, RuleSet
+from jobs.rules.pattern import (
+    MetadataNames,
+    Pattern,
+    dotted,
+    explicit_keywords,
+    is_qualified_chain,
+    render,
+    resolve_names,
+)
 
 MAX_PASSES = 4
 

@@ -10,7 +10,7 @@ Placement (``workers`` in the config):
   A Ray task blocked in ``ray.get`` gives its CPU back, so the actors can use it.
 
 Chats are split into contiguous chunks, one per actor, and come back in
-order. Generation itself is :func:`jobs.generation.generate` (batched, greedy
+order. Generation itself is :func:`jobs.inference.generation.generate` (batched, greedy
 or sampled, non-finite logits replaced before sampling).
 """
 
@@ -19,15 +19,15 @@ from __future__ import annotations
 import threading
 from typing import Any, Sequence
 
-from jobs.backends.config import BackendConfig, BackendStats
-from jobs.generation import GenerationSettings, generate
+from jobs.inference.backends.config import BackendConfig, BackendStats
+from jobs.inference.generation import GenerationSettings, generate
 
 
 class GenerationWorker:
     """One loaded model; the body of every actor (and of in-process generation)."""
 
     def __init__(self, model_spec: dict[str, Any], use_gpu: bool):
-        from jobs.models import load_model
+        from jobs.inference.models import load_model
 
         self.model, self.tokenizer = load_model(model_spec, use_gpu=use_gpu)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from pydantic import Field
 
 from data.records import TaskRecord
-from data.rules import RuleSet, apply_rules, mine_rules, pairs_from_records
-from jobs.registry import MethodContext, MethodOptions, MethodOutput
+from jobs.methods.registry import MethodContext, MethodOptions, MethodOutput
+from jobs.rules import RuleSet, apply_rules, mine_rules, pairs_from_records
 
 
 class Options(MethodOptions):

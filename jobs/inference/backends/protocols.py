@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from jobs.backends.http import HttpBackend
+from jobs.inference.backends.http import HttpBackend
 
 ANTHROPIC_VERSION = "2023-06-01"
 

@@ -25,7 +25,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from data.records import TaskRecord
-from jobs.registry import MethodContext, MethodOutput
+from jobs.methods.registry import MethodContext, MethodOutput
 from jobs.training.options import TrainingOptions
 
 
@@ -50,7 +50,7 @@ class Options(TrainingOptions):
 def build_trainer(setup):
     from trl import DistillationConfig, DistillationTrainer
 
-    from jobs.models import model_path, torch_dtype
+    from jobs.inference.models import model_path, torch_dtype
 
     o: Options = setup.options
     teacher = o.teacher.model_dump()
@@ -68,7 +68,7 @@ def check_vocabularies(student: dict, teacher: dict) -> None:
     """One clear error before any worker starts when the teacher's vocabulary differs from the student's."""
     from transformers import AutoConfig
 
-    from jobs.models import model_path
+    from jobs.inference.models import model_path
 
     sizes = [AutoConfig.from_pretrained(model_path(m), revision=m.get("revision")).get_text_config().vocab_size
              for m in (student, teacher)]

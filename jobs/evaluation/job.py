@@ -10,7 +10,7 @@ several samples. Metrics are fractions over the records the method answered
   estimator 1 - C(n-c, k) / C(n, k) of Chen et al. (2021), n samples, c correct;
 - ``exact_match`` / ``edit_sim`` against the reference;
 - ``api_ok``: the code calls the update's new API and not the deprecated one
-  (only where that can be decided statically, see ``jobs.api_check``).
+  (only where that can be decided statically, see ``jobs.evaluation.api_check``).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from math import comb
 from typing import Any, Callable, Sequence
 
 from data.records import TaskRecord
-from jobs import metrics
-from jobs.executor import ExecResult, Executor, Program
-from jobs.registry import MethodContext, method_module
+from jobs.evaluation import metrics
+from jobs.methods.registry import MethodContext, method_module
+from jobs.sandbox.executor import ExecResult, Executor, Program
 
 METRICS = ("syntax_ok", "exec_ok", "pass@1", "exact_match", "edit_sim", "api_ok")
 
@@ -79,7 +79,7 @@ def prepare_environments(records: list[TaskRecord], settings: EvalSettings) -> d
     needy = [r for r in records if r.env.requirements or r.env.python]
     if not needy:
         return {}
-    from jobs.environments import build_envs, spec_for
+    from jobs.sandbox.environments import build_envs, spec_for
 
     specs = {r.id: spec_for(r, allow_python_substitution=settings.python_substitution) for r in needy}
     built = build_envs(specs.values())
@@ -99,7 +99,7 @@ def evaluate(
     Records whose environment could not be built are not executed: their row says
     ``unsupported`` and why, and they count in no metric but ``unsupported``.
     """
-    from jobs.api_check import check_api
+    from jobs.evaluation.api_check import check_api
 
     environments = environments or {}
     batch: list[Program] = []

@@ -37,8 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 from urllib.parse import urlsplit
 
-from jobs.backends.cache import ResponseCache, request_key
-from jobs.backends.config import BackendConfig, BackendStats
+from jobs.inference.backends.cache import ResponseCache, request_key
+from jobs.inference.backends.config import BackendConfig, BackendStats
 
 REDACTED = "[redacted]"
 

@@ -21,7 +21,7 @@ class RulesFormatError(DataFormatError):
 
 
 class Rule(BaseModel):
-    """One rewrite: code matching ``before`` becomes ``after`` (patterns, see data/rules/pattern.py)."""
+    """One rewrite: code matching ``before`` becomes ``after`` (patterns, see jobs/rules/pattern.py)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -123,7 +123,7 @@ class RuleSet:
 
     def matching(self, code: str) -> "RuleSet":
         """The rules whose ``before`` pattern occurs in ``code`` (none if the code does not parse)."""
-        from data.rules.codemod import rules_matching
+        from jobs.rules.codemod import rules_matching
 
         return RuleSet(rules_matching(code, self), self.meta)
 

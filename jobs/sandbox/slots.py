@@ -1,10 +1,10 @@
-"""The fast sandbox: warm servers that fork one isolated child per program (see ``jobs.sandbox_server``).
+"""The fast sandbox: warm servers that fork one isolated child per program (see ``jobs.sandbox.server``).
 
 Start-up is paid once per server (``import torch`` and friends), not per
 program; forking gives every program a pristine copy of the preloaded
 interpreter, so monkey-patching ``math.sin`` or ``torch.stack`` cannot leak into
-the next program. :class:`SandboxExecutor` implements ``jobs.executor.Executor``
-with N servers on this machine; ``jobs.pool`` spreads work over Ray actors.
+the next program. :class:`SandboxExecutor` implements ``jobs.sandbox.executor.Executor``
+with N servers on this machine; ``jobs.sandbox.pool`` spreads work over Ray actors.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from jobs.executor import ExecResult, Program
-from jobs.metrics import parse
+from jobs.evaluation.metrics import parse
+from jobs.sandbox.executor import ExecResult, Program
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository root: servers run `-m jobs.sandbox.server` from it
 # Imported by every server before it forks: cheap to fork, and common in benchmark programs.
 BASE_PRELOAD = (
     "typing", "math", "cmath", "re", "itertools", "functools", "collections", "random", "decimal", "fractions",
@@ -100,7 +100,7 @@ class ForkServer:
         self.isolation = "unknown"  # "full" (namespaces + private uid, needs root) or "basic"
 
     def start(self) -> None:
-        args = [self.python, "-m", "jobs.sandbox_server", "--preload", ",".join(BASE_PRELOAD + self.preload)]
+        args = [self.python, "-m", "jobs.sandbox.server", "--preload", ",".join(BASE_PRELOAD + self.preload)]
         if self.uid is not None:
             args += ["--uid", str(self.uid)]
         self.proc = subprocess.Popen(

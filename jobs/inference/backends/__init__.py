@@ -2,17 +2,17 @@
 
 Every backend has ``generate(chats) -> list[list[str | None]]`` (``None``: that
 sample failed after its retries), ``stats() -> BackendStats`` and ``close()``.
-Kinds: ``hf`` (local transformers, :mod:`jobs.backends.hf`), ``openai``,
-``anthropic`` and ``custom`` (HTTP, :mod:`jobs.backends.protocols`, sharing
-retries, cache and stats from :mod:`jobs.backends.http`). See docs/inference.md.
+Kinds: ``hf`` (local transformers, :mod:`jobs.inference.backends.hf`), ``openai``,
+``anthropic`` and ``custom`` (HTTP, :mod:`jobs.inference.backends.protocols`, sharing
+retries, cache and stats from :mod:`jobs.inference.backends.http`). See docs/inference.md.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol, Sequence
 
-from jobs.backends.config import HTTP_KINDS, BackendConfig, BackendStats, Price
-from jobs.backends.http import BackendError
+from jobs.inference.backends.config import HTTP_KINDS, BackendConfig, BackendStats, Price
+from jobs.inference.backends.http import BackendError
 
 __all__ = ["Backend", "BackendConfig", "BackendError", "BackendStats", "HTTP_KINDS", "Price", "make_backend"]
 
@@ -31,10 +31,10 @@ def make_backend(config: BackendConfig, model_spec: dict[str, Any] | None = None
                  seed: int = 0) -> Backend:
     """The backend ``config`` describes; ``model_spec`` (the spec's model section) is the hf default model."""
     if config.kind == "hf":
-        from jobs.backends.hf import HFBackend
+        from jobs.inference.backends.hf import HFBackend
 
         return HFBackend(config, model_spec or {"name": "tiny"}, use_gpu=use_gpu, seed=seed)
-    from jobs.backends.protocols import AnthropicMessages, CustomRest, OpenAIChat
+    from jobs.inference.backends.protocols import AnthropicMessages, CustomRest, OpenAIChat
 
     cls = {"openai": OpenAIChat, "anthropic": AnthropicMessages, "custom": CustomRest}[config.kind]
     return cls(config, seed=seed)

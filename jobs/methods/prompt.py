@@ -1,7 +1,7 @@
 """Method ``prompt``: ask a model (local or behind an HTTP API) to migrate each record's code.
 
 Options: ``strategy`` (a template in ``data/prompts``: basic, with_context,
-with_rules, cot) and ``backend`` (``jobs.backends.BackendConfig``; default:
+with_rules, cot) and ``backend`` (``jobs.inference.backends.BackendConfig``; default:
 the ``hf`` backend with the spec's model). Generation settings (max_tokens,
 temperature, num_samples, ...) live in the backend section. With
 ``num_samples > 1`` each record gets a list of samples (pass@k).
@@ -20,8 +20,8 @@ from pydantic import Field
 
 from data.prompts import NO_RULES, build_messages, extract_answer
 from data.records import TaskRecord
-from jobs.backends import Backend, BackendConfig, make_backend
-from jobs.registry import MethodContext, MethodOptions, MethodOutput
+from jobs.inference.backends import Backend, BackendConfig, make_backend
+from jobs.methods.registry import MethodContext, MethodOptions, MethodOutput
 
 Strategy = Literal["basic", "with_context", "with_rules", "cot"]
 
@@ -29,12 +29,12 @@ Strategy = Literal["basic", "with_context", "with_rules", "cot"]
 class Options(MethodOptions):
     strategy: Strategy = "basic"
     backend: BackendConfig = Field(default_factory=BackendConfig)
-    rules_path: str | None = None  # a rule library (JSON, data.rules); default: mine the train split
+    rules_path: str | None = None  # a rule library (JSON, jobs.rules); default: mine the train split
 
 
 def load_rules(rules_path: str | None):
     """The rule library ``with_rules`` describes: a saved one, or mined from the built-in train split."""
-    from data.rules import RuleSet, mine_rules, pairs_from_records
+    from jobs.rules import RuleSet, mine_rules, pairs_from_records
 
     if rules_path:
         return RuleSet.load(rules_path)

@@ -1,7 +1,7 @@
 """The warm sandbox process: imports heavy libraries once, then forks one child per program.
 
-Run as ``python -m jobs.sandbox_server --preload numpy,torch [--uid N]``; it
-speaks JSON lines on stdin/stdout (see ``jobs.sandbox``). Only the standard
+Run as ``python -m jobs.sandbox.server --preload numpy,torch [--uid N]``; it
+speaks JSON lines on stdin/stdout (see ``jobs.sandbox.slots``). Only the standard
 library is imported here, so it also runs under a benchmark's own interpreter.
 
 Each child, before running untrusted code:
@@ -36,7 +36,7 @@ import tempfile
 import time
 import traceback
 
-from jobs.sandbox_isolation import blocked_ancestors, isolate, prepare_namespaces
+from jobs.sandbox.isolation import blocked_ancestors, isolate, prepare_namespaces
 
 OUTPUT_CAP = 64 * 1024
 DRAIN_S = 0.5  # after the child exits, how long leftovers may keep its pipes busy
@@ -301,7 +301,7 @@ def _probe_isolation(uid: int | None, namespaces: tuple[int, ...] | None, root: 
 
 def serve(preload: list[str], uid: int | None) -> None:
     # Programs must not import apimig's own packages by accident (they share names like `data`).
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
     sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != here]
     blocked = blocked_ancestors([p for p in sys.path if p] + [sys.prefix, sys.base_prefix, sys.executable])
     root = tempfile.mkdtemp(prefix="apimig-sandbox-")  # 0700 root-owned; sandbox uids only enter their own

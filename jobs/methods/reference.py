@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from data.records import TaskRecord
-from jobs.registry import MethodContext, MethodOptions, MethodOutput
+from jobs.methods.registry import MethodContext, MethodOptions, MethodOutput
 
 
 class Options(MethodOptions):

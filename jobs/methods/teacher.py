@@ -7,7 +7,7 @@ A pair is kept only if
 
 1. its new code, run after the record's setup (and simulated update, if any),
    passes its test in the sandbox (no test: the code must run);
-2. its new code uses the new API and not the old one (``jobs.api_check``;
+2. its new code uses the new API and not the old one (``jobs.evaluation.api_check``;
    ``api_check: strict`` also drops pairs where that cannot be decided);
 3. with ``require_old_fails``, its old code fails that test (a real migration);
 4. it is not a duplicate of a kept pair.
@@ -30,10 +30,10 @@ from pydantic import Field, PositiveFloat, PositiveInt
 from data.prompts import build_messages
 from data.records import TaskRecord
 from data.teacher_set import CodePair, distill_row, pair_record, parse_pairs, recode_row, to_jsonl
-from jobs.api_check import check_api
-from jobs.backends import Backend, BackendConfig, make_backend
-from jobs.executor import Executor, Program
-from jobs.registry import MethodContext, MethodOptions, MethodOutput
+from jobs.evaluation.api_check import check_api
+from jobs.inference.backends import Backend, BackendConfig, make_backend
+from jobs.methods.registry import MethodContext, MethodOptions, MethodOutput
+from jobs.sandbox.executor import Executor, Program
 
 
 class Options(MethodOptions):
@@ -130,7 +130,7 @@ def make_pairs(records: Sequence[TaskRecord], options: Options, backend: Backend
 
 
 def run_teacher(records: list[TaskRecord], options: Options, backend: Backend, executor: Executor) -> MethodOutput:
-    from jobs.prompt import answer
+    from jobs.methods.prompt import answer
 
     data = make_pairs(records, options, backend, executor)
     codes, raw = answer(records, options.strategy, backend)
@@ -140,7 +140,7 @@ def run_teacher(records: list[TaskRecord], options: Options, backend: Backend, e
 
 
 def predict(records: list[TaskRecord], options: Options, context: MethodContext) -> MethodOutput:
-    from jobs.sandbox import Limits, SandboxExecutor
+    from jobs.sandbox.slots import Limits, SandboxExecutor
 
     backend = make_backend(options.backend, context.model, use_gpu=context.use_gpu, seed=context.seed)
     try:

@@ -14,8 +14,8 @@ from typing import Callable, Sequence
 import ray
 
 from jobs import telemetry
-from jobs.executor import ExecResult, Program
-from jobs.sandbox import DEFAULT_PRELOAD, Limits, Sandbox
+from jobs.sandbox.executor import ExecResult, Program
+from jobs.sandbox.slots import DEFAULT_PRELOAD, Limits, Sandbox
 
 CHUNK = 4  # programs per actor call: amortizes Ray's per-call overhead, small enough to balance load
 IN_FLIGHT = 2  # calls queued per actor, so an actor never waits for the driver between chunks

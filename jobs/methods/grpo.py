@@ -24,7 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
 from data.records import TaskRecord
-from jobs.registry import MethodContext, MethodOutput
+from jobs.methods.registry import MethodContext, MethodOutput
 from jobs.training.options import TrainingOptions
 
 REWARD_LOG = "rewards.jsonl"  # in the job's work dir, written by rank 0 at every log step
@@ -151,7 +151,7 @@ class LocalSandboxFactory:
         self.parallelism = parallelism
 
     def __call__(self):
-        from jobs.sandbox import SandboxExecutor
+        from jobs.sandbox.slots import SandboxExecutor
 
         return SandboxExecutor(parallelism=self.parallelism)
 

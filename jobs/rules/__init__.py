@@ -9,9 +9,9 @@ Public API (other methods code against these names):
 File format and rule kinds: docs/rules.md.
 """
 
-from data.rules.codemod import CodemodResult, apply_rules
-from data.rules.mine import mine_rules, pairs_from_records
-from data.rules.model import KINDS, Rule, RuleSet, RulesFormatError
+from jobs.rules.codemod import CodemodResult, apply_rules
+from jobs.rules.mine import mine_rules, pairs_from_records
+from jobs.rules.model import KINDS, Rule, RuleSet, RulesFormatError
 
 __all__ = ["KINDS", "CodemodResult", "Rule", "RuleSet", "RulesFormatError", "apply_rules", "mine_rules",
            "pairs_from_records"]

@@ -17,16 +17,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 METHODS: dict[str, str] = {
-    "reference": "jobs.reference",
-    "old_api": "jobs.old_api",
-    "rules": "jobs.rules",
-    "prompt": "jobs.prompt",
-    "teacher": "jobs.teacher",
-    "sft": "jobs.sft",
-    "dpo": "jobs.dpo",
-    "grpo": "jobs.grpo",
-    "distill": "jobs.distill",
-    "edit": "jobs.edit",
+    "reference": "jobs.methods.reference",
+    "old_api": "jobs.methods.old_api",
+    "rules": "jobs.methods.rules",
+    "prompt": "jobs.methods.prompt",
+    "teacher": "jobs.methods.teacher",
+    "sft": "jobs.methods.sft",
+    "dpo": "jobs.methods.dpo",
+    "grpo": "jobs.methods.grpo",
+    "distill": "jobs.methods.distill",
+    "edit": "jobs.methods.edit",
 }
 
 
@@ -41,7 +41,7 @@ class MethodContext:
     seed: int = 0
     use_gpu: bool = False
     method: str = ""  # the method's name in the spec: tags metrics and names Ray tasks
-    executor: Any = None  # the run's sandbox pool (a jobs.executor.Executor), for execution rewards
+    executor: Any = None  # the run's sandbox pool (a jobs.sandbox.executor.Executor), for execution rewards
 
 
 @dataclass

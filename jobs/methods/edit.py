@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import field_validator, model_validator
 
 from data.records import TaskRecord
-from jobs.registry import MethodContext, MethodOptions, MethodOutput
+from jobs.methods.registry import MethodContext, MethodOptions, MethodOutput
 
 RETAIN_HUMANEVAL = 4  # HumanEval solutions in the unlearning retain set
 
@@ -59,7 +59,7 @@ class Options(MethodOptions):
 
 def _chat_pair(tokenizer, record: TaskRecord, strategy: str) -> tuple[str, str] | None:
     from data.prompts import build_messages
-    from jobs.generation import render
+    from jobs.inference.generation import render
 
     if not record.old_code:
         return None
@@ -94,7 +94,7 @@ def make_batches(records, requests, options: Options, tokenizer) -> list:
 
 def answer(model, tokenizer, records: list[TaskRecord], options: Options, seed: int) -> list[Any]:
     from data.prompts import build_messages, extract_code
-    from jobs.generation import GenerationSettings, generate
+    from jobs.inference.generation import GenerationSettings, generate
 
     settings = GenerationSettings(max_new_tokens=options.max_new_tokens, temperature=options.temperature,
                                   num_samples=options.num_samples, batch_size=options.gen_batch_size, seed=seed)
@@ -108,7 +108,7 @@ def predict(records: list[TaskRecord], options: Options, context: MethodContext)
     from jobs.editing.batches import backend_name, merge, run_batches
     from jobs.editing.hparams import load_hparams
     from jobs.editing.requests import requests_from_records
-    from jobs.models import load_model
+    from jobs.inference.models import load_model
 
     model_name = str(context.model.get("name", "tiny"))
     hp = load_hparams(options.algorithm, options.hparams, model_name)

@@ -29,8 +29,8 @@ from typing import Iterable
 import libcst as cst
 
 from data.records import TaskRecord, UpdateInfo
-from data.rules.model import Rule, RuleSet
-from data.rules.pattern import ARGS, KW, Pattern, canon, explicit_keywords, children, code_of, dotted, resolve_names
+from jobs.rules.model import Rule, RuleSet
+from jobs.rules.pattern import ARGS, KW, Pattern, canon, children, code_of, dotted, explicit_keywords, resolve_names
 
 _ANCHORS = (cst.Call, cst.Attribute, cst.Name, cst.Subscript)
 _STOP = (cst.BaseStatement, cst.BaseSmallStatement, cst.BaseSuite, cst.Module, cst.Decorator, cst.AssignTarget,

@@ -1,44 +1,38 @@
-"""Method ``dpo``: direct preference optimisation of a LoRA/DoRA adapter with TRL's ``DPOTrainer`` on Ray Train.
+"""Method ``sft``: supervised fine-tuning of a LoRA/DoRA adapter with TRL's ``SFTTrainer`` on Ray Train.
 
-Pairs: the new-API code is chosen, the old-API code rejected
-(``jobs.training.data.preference_rows``). The reference model is the base
-model with the adapter disabled (TRL's PEFT path), so no second copy is loaded.
+Examples are the training records' prompts with the new-API code as the
+answer (``jobs.training.data``); options are ``jobs.training.options``'s plus
+``packing``. The trained adapter then answers the evaluated records.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field
-
 from data.records import TaskRecord
-from jobs.registry import MethodContext, MethodOutput
+from jobs.methods.registry import MethodContext, MethodOutput
 from jobs.training.options import TrainingOptions
 
 
 class Options(TrainingOptions):
-    learning_rate: float = Field(5e-5, gt=0)
-    beta: float = Field(0.1, gt=0)  # strength of the KL anchor to the reference model
-    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    packing: bool = False  # pack examples into max_length sequences (TRL's BFD packing)
 
 
 def build_trainer(setup):
-    from trl import DPOConfig, DPOTrainer
+    from trl import SFTConfig, SFTTrainer
 
     o: Options = setup.options
-    config = DPOConfig(**setup.args, beta=o.beta, loss_type=[o.loss_type], max_length=o.max_length)
-    return DPOTrainer(model=setup.load_model(), args=config, train_dataset=setup.train_dataset,
+    config = SFTConfig(**setup.args, max_length=o.max_length, packing=o.packing)
+    return SFTTrainer(model=setup.load_model(), args=config, train_dataset=setup.train_dataset,
                       eval_dataset=setup.eval_dataset, processing_class=setup.tokenizer,
                       peft_config=setup.peft_config)
 
 
 def training_job(records: list[TaskRecord], options: Options, context: MethodContext):
     """The training run ``predict`` makes (a Ray Tune trial runs the same one)."""
-    from jobs.training.data import preference_rows, to_dataset, training_records
+    from jobs.training.data import sft_rows, to_dataset, training_records
     from jobs.training.runner import TrainJob
 
-    rows = preference_rows(training_records(options.train_data, records), options.generation.prompt)
-    to_dataset(rows, "dpo preference")
+    rows = sft_rows(training_records(options.train_data, records), options.generation.prompt)
+    to_dataset(rows, "sft")  # fail here, before any worker starts, when there is nothing to train on
     return TrainJob(build=build_trainer, options=options, rows=rows, model=context.model, work_dir=context.work_dir,
                     seed=context.seed, use_gpu=context.use_gpu, method=context.method)
 

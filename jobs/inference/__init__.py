@@ -1,0 +1,1 @@
+"""Models and text: loading the spec's model, generation settings and batched generation, backends, answers."""

@@ -1,0 +1,1 @@
+"""Method kinds, one module each, and their registry (``jobs.methods.registry``): see docs/design.md."""
