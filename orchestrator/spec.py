@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from data.registry import DATASETS, resolve_path
+from jobs.inference.models import ModelSpec
 from jobs.methods.registry import METHODS, method_module
 from jobs.sandbox.slots import DEFAULT_PRELOAD
 from tune.space import TuneSpec, apply_params, representative_params
@@ -29,12 +30,6 @@ class SpecError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class ModelSpec(_Strict):
-    name: str = Field("tiny", min_length=1)  # "tiny" (built locally), a hub id or a local path
-    revision: str | None = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
 class DatasetSpec(_Strict):

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from data.migrations import load_migrations
 from jobs.inference.backends import BackendConfig, BackendError, make_backend
 from jobs.inference.backends.http import backoff_delay, retry_after_seconds
+from jobs.inference.generation import GenerationOptions
 from tests.fake_llm_server import FakeLLMServer
 
 CHAT = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "write code"}]
@@ -33,6 +34,12 @@ def api_key(monkeypatch) -> str:
     return key
 
 
+def backend_for(server, tmp_path, kind="openai", seed=0, **kw):
+    """A backend for the fake server; generation keys (GenerationOptions') go to its generation settings."""
+    gen = {k: kw.pop(k) for k in list(kw) if k in GenerationOptions.model_fields}
+    return make_backend(config(server, tmp_path, kind, **kw), generation=GenerationOptions(**gen), seed=seed)
+
+
 def config(server, tmp_path, kind="openai", **kw) -> BackendConfig:
     base = server.url + ("/v1" if kind == "openai" else "")
     fields = dict(kind=kind, model="fake-model", base_url=base, api_key_env="FAKE_LLM_KEY",
@@ -42,8 +49,7 @@ def config(server, tmp_path, kind="openai", **kw) -> BackendConfig:
 
 
 def test_openai_protocol_tokens_and_cost(server, tmp_path, api_key):
-    cfg = config(server, tmp_path, prices={"fake-model": {"input": 1.0, "output": 2.0}}, max_tokens=33)
-    backend = make_backend(cfg)
+    backend = backend_for(server, tmp_path, prices={"fake-model": {"input": 1.0, "output": 2.0}}, max_new_tokens=33)
     out = backend.generate([CHAT, CHAT[1:]])
     assert out == [["Here is the code:\n```python\nprint('migrated')\n```\n"]] * 2
     req = max(server.requests, key=lambda r: len(r["body"]["messages"]))  # requests arrive concurrently
@@ -71,7 +77,7 @@ def test_anthropic_protocol(server, tmp_path, api_key):
 
 def test_custom_protocol_and_logits(tmp_path):
     with FakeLLMServer(responder=lambda path, body: body["input"][-40:]) as srv:
-        backend = make_backend(config(srv, tmp_path, kind="custom", api_key_env=None, temperature=0.5))
+        backend = backend_for(srv, tmp_path, kind="custom", api_key_env=None, temperature=0.5)
         (text,), = backend.generate([CHAT])
         assert srv.requests[0]["path"] == "/generate"
         body = srv.requests[0]["body"]
@@ -156,20 +162,20 @@ def test_concurrency_limit(tmp_path, api_key):
 
 def test_cache_makes_a_rerun_free_and_offline(server, tmp_path, api_key, monkeypatch):
     chats = [CHAT, CHAT[1:]]
-    first = make_backend(config(server, tmp_path, num_samples=2, temperature=0.7))
+    first = backend_for(server, tmp_path, num_samples=2, temperature=0.7)
     answers = first.generate(chats)
     assert server.calls == 4  # 2 chats x 2 samples
     monkeypatch.delenv("FAKE_LLM_KEY")  # offline and keyless: a cached rerun needs neither
     server.stop()
-    second = make_backend(config(server, tmp_path, num_samples=2, temperature=0.7))
+    second = backend_for(server, tmp_path, num_samples=2, temperature=0.7)
     assert second.generate(chats) == answers
     stats = second.stats()
     assert (stats.http_calls, stats.cache_hits, stats.prompt_tokens) == (0, 4, 0)
-    changed = make_backend(config(server, tmp_path, num_samples=2, temperature=0.8, max_retries=0))
+    changed = backend_for(server, tmp_path, num_samples=2, temperature=0.8, max_retries=0)
     with pytest.raises(BackendError):  # a different request is a miss, and the server is gone
         changed.generate(chats)
     with pytest.raises(BackendError):  # so is another seed when sampling
-        make_backend(config(server, tmp_path, num_samples=2, temperature=0.7, max_retries=0), seed=1).generate(chats)
+        backend_for(server, tmp_path, num_samples=2, temperature=0.7, max_retries=0, seed=1).generate(chats)
     entries = list((tmp_path / "cache").rglob("*.json"))
     assert len(entries) == 4 and all(api_key not in p.read_text() for p in entries)
     assert not list((tmp_path / "cache").rglob("*.tmp"))

@@ -7,7 +7,7 @@ import torch
 
 from data.migrations import load_migrations
 from data.prompts import build_messages
-from jobs.inference.generation import GenerationSettings, generate
+from jobs.inference.generation import GenerationOptions, generate
 from jobs.inference.models import load_model, model_path, tiny_model_dir
 
 
@@ -43,7 +43,7 @@ def test_tiny_tokenizer_round_trips_code_and_renders_chatml(tiny):
 def test_generate_greedy_is_deterministic_and_batched(tiny):
     model, tok = tiny
     chats = [build_messages(r) for r in load_migrations(limit=3)]
-    settings = GenerationSettings(max_new_tokens=8, batch_size=2)
+    settings = GenerationOptions(max_new_tokens=8, batch_size=2)
     first = generate(model, tok, chats, settings)
     assert len(first) == 3 and all(len(s) == 1 for s in first)
     assert generate(model, tok, chats, settings) == first
@@ -59,5 +59,5 @@ def test_sampling_survives_non_finite_logits(tiny):
         broken.lm_head.weight[:5] = float("nan")  # tied embeddings: some logits become NaN
         broken.lm_head.weight[5:9] = float("inf")
     out = generate(broken, tok, [[{"role": "user", "content": "x"}]],
-                   GenerationSettings(max_new_tokens=4, temperature=1.0, num_samples=3))
+                   GenerationOptions(max_new_tokens=4, temperature=1.0, num_samples=3))
     assert len(out[0]) == 3 and all(isinstance(s, str) for s in out[0])

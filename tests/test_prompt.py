@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from data.migrations import load_migrations
 from data.prompts import NO_RULES, build_messages, extract_answer, extract_code, strategies
 from jobs.inference.backends import BackendConfig, make_backend
-from jobs.inference.generation import render
+from jobs.inference.generation import GenerationOptions, render
 from jobs.inference.models import load_tokenizer
 from jobs.methods.prompt import Options, chats_for, predict
 from jobs.methods.registry import MethodContext
@@ -42,7 +42,7 @@ def test_every_strategy_renders_with_the_chat_template(records):
 
 
 class _Rules:
-    """Stands in for jobs.rules.RuleSet: matches rules whose 'before' occurs in the code."""
+    """Stands in for jobs.rules.RuleSet and its matcher: rules whose 'before' occurs in the code."""
 
     def __init__(self, rules):
         self.rules = rules
@@ -54,7 +54,8 @@ class _Rules:
         return "\n".join(f"- `{a}` -> `{b}`" for a, b in self.rules)
 
 
-def test_with_rules_shows_only_matching_rules(records):
+def test_with_rules_shows_only_matching_rules(records, monkeypatch):
+    monkeypatch.setattr("jobs.rules.rules_matching", lambda code, ruleset: ruleset.matching(code))
     rules = _Rules([(".append(", "pd.concat("), ("np.product(", "np.prod("), ("never-there", "x")])
     chats = chats_for(records, "with_rules", rules)
     for rec, chat in zip(records, chats):
@@ -108,12 +109,12 @@ def test_options_validate(records):
 
 def test_prompt_method_on_the_tiny_model(records, tmp_path):
     context = MethodContext(model={"name": "tiny"}, work_dir=tmp_path, seed=3)
-    greedy = predict(records, Options.model_validate({"backend": {"max_tokens": 6}}), context)
+    greedy = predict(records, Options.model_validate({"generation": {"max_new_tokens": 6}}), context)
     assert len(greedy.codes) == 2 and all(isinstance(c, str) and c.endswith("\n") for c in greedy.codes)
     assert greedy.metrics["backend_requests"] == 2 and greedy.metrics["backend_successes"] == 2
     assert greedy.files["answers.jsonl"].count("\n") == 2
     sampled_options = Options.model_validate(
-        {"strategy": "cot", "backend": {"max_tokens": 6, "temperature": 1.0, "num_samples": 2}})
+        {"strategy": "cot", "generation": {"max_new_tokens": 6, "temperature": 1.0, "num_samples": 2}})
     first = predict(records, sampled_options, context)
     assert all(isinstance(c, list) and len(c) == 2 for c in first.codes)
     assert predict(records, sampled_options, context).codes == first.codes  # seeded: reproducible
@@ -124,14 +125,14 @@ def test_sampling_survives_nan_logits():
     """An fp16-style blow-up (every logit NaN) must not crash sampling (it does without the guard)."""
     import torch
 
-    from jobs.inference.generation import GenerationSettings, generate
+    from jobs.inference.generation import GenerationOptions, generate
     from jobs.inference.models import load_model
 
     model, tokenizer = load_model("tiny")
     with torch.no_grad():
         model.lm_head.weight.fill_(float("nan"))  # tied to the embeddings: every hidden state is NaN
     out = generate(model, tokenizer, [[{"role": "user", "content": "hi"}]] * 2,
-                   GenerationSettings(max_new_tokens=3, temperature=1.0, num_samples=2))
+                   GenerationOptions(max_new_tokens=3, temperature=1.0, num_samples=2))
     assert [len(samples) for samples in out] == [2, 2] and all(isinstance(s, str) for s in out[0] + out[1])
 
 
@@ -140,10 +141,11 @@ def test_hf_backend_on_a_ray_cpu_actor_matches_in_process(records):
     import ray
 
     chats = [build_messages(r, "basic") for r in records]
-    local = make_backend(BackendConfig(max_tokens=6, workers=0), {"name": "tiny"}).generate(chats)
+    gen = GenerationOptions(max_new_tokens=6)
+    local = make_backend(BackendConfig(workers=0), {"name": "tiny"}, generation=gen).generate(chats)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
-        backend = make_backend(BackendConfig(max_tokens=6, workers=2), {"name": "tiny"})
+        backend = make_backend(BackendConfig(workers=2), {"name": "tiny"}, generation=gen)
         assert backend.generate(chats) == local  # two actors, chunks come back in order
         assert len(backend._actors) == 2
         backend.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from data.records import UpdateInfo
-from jobs.rules import Rule, RuleSet, RulesFormatError, apply_rules, mine_rules
+from jobs.rules import Rule, RuleSet, RulesFormatError, apply_rules, mine_rules, rules_matching
 
 
 def _mine(old: str, new: str, old_api: str | None = None):
@@ -124,7 +124,7 @@ def test_no_rule_no_change_and_unrelated_names_untouched():
 def test_matching_and_describe():
     rules = mine_rules([(o, n, UpdateInfo(library="lib", old_api=a)) for o, n, a, *_ in CASES.values()])
     assert len(rules) == len(CASES)
-    found = rules.matching("import numpy as np\nv = np.product([1, 2])\nw = s.iteritems()\n")
+    found = rules_matching("import numpy as np\nv = np.product([1, 2])\nw = s.iteritems()\n", rules)
     assert sorted(r.kind for r in found) == ["method_rename", "rename"]
     text = found.describe()
     assert text.count("\n") == 1 and "`numpy.product` -> `numpy.prod`" in text

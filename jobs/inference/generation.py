@@ -1,6 +1,9 @@
-"""Batched text generation with a local transformers model (the ``hf`` inference path).
+"""Generation settings and batched text generation with a local transformers model (the ``hf`` path).
 
-One function, :func:`generate`, used by the prompting method, by the
+:class:`GenerationOptions` is the one generation-settings type: every method that
+asks a model for text has a ``generation:`` section of this type (prompting and
+the teacher for any backend, the fine-tuning methods after training, the editors).
+:func:`generate` is used by the prompting method's ``hf`` backend, by the
 fine-tuning methods to answer after training and by the editors' free-generation
 metrics. Prompts are chat messages rendered with the tokenizer's chat template.
 Non-finite logits (a known failure of fp16 models) are replaced before sampling
@@ -9,27 +12,29 @@ Non-finite logits (a known failure of fp16 models) are replaced before sampling
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt
 
-@dataclass(frozen=True)
-class GenerationSettings:
-    max_new_tokens: int = 256
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    num_samples: int = 1
-    batch_size: int = 8
-    seed: int = 0
+
+class GenerationOptions(BaseModel):
+    """How answers are sampled. HTTP backends send ``max_new_tokens`` as the API's ``max_tokens``."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+    max_new_tokens: PositiveInt = 256
+    temperature: NonNegativeFloat = 0.0  # 0 = greedy
+    top_p: float = Field(1.0, gt=0, le=1)
+    num_samples: PositiveInt = 1  # answers per prompt (pass@k)
+    batch_size: PositiveInt = 8  # local generation: prompts per generate() call
 
 
 def render(tokenizer, messages: Sequence[dict]) -> str:
     return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
 
 
-def generate(model, tokenizer, chats: Sequence[Sequence[dict]], settings: GenerationSettings = GenerationSettings()
-             ) -> list[list[str]]:
-    """``num_samples`` completions (decoded, prompt removed) for each chat, in order."""
+def generate(model, tokenizer, chats: Sequence[Sequence[dict]], settings: GenerationOptions = GenerationOptions(),
+             seed: int = 0) -> list[list[str]]:
+    """``num_samples`` completions (decoded, prompt removed) for each chat, in order; ``seed`` fixes sampling."""
     import torch
 
     texts = [render(tokenizer, chat) for chat in chats]
@@ -42,7 +47,7 @@ def generate(model, tokenizer, chats: Sequence[Sequence[dict]], settings: Genera
         for start in range(0, len(texts), settings.batch_size):
             batch = tokenizer(texts[start:start + settings.batch_size], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(model.device)
-            torch.manual_seed(settings.seed + start)
+            torch.manual_seed(seed + start)
             with torch.no_grad():
                 ids = model.generate(
                     **batch,

@@ -20,7 +20,9 @@ import shutil
 import tempfile
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from data.corpus import code_texts
 
@@ -49,6 +51,19 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+class ModelSpec(BaseModel):
+    """A model section: the experiment's ``model:`` and any other model a method names (distill's teacher).
+
+    Methods receive it as a plain dict (``MethodContext.model``, ``model_dump()``), which is what
+    :func:`load_model` and :func:`model_path` take.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(TINY, min_length=1)  # "tiny" (built locally), a hub id or a local path
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
 def cache_root() -> Path:

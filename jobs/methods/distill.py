@@ -20,27 +20,16 @@ Text-level distillation from a teacher behind an HTTP API is not this kind: the
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt
 
 from data.records import TaskRecord
+from jobs.inference.models import ModelSpec
 from jobs.methods.registry import MethodContext, MethodOutput
 from jobs.training.options import TrainingOptions
 
 
-class TeacherModel(BaseModel):
-    """Like the spec's ``model`` section: ``tiny``, a hub id or a local directory."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1)
-    revision: str | None = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-
-
 class Options(TrainingOptions):
-    teacher: TeacherModel
+    teacher: ModelSpec  # the same type as the experiment's model section
     learning_rate: float = Field(1e-4, gt=0)
     temperature: PositiveFloat = 1.0
     beta: float = Field(0.5, ge=0, le=1)  # loss mix: 0 forward KL, 0.5 JSD, 1 reverse KL
@@ -83,7 +72,7 @@ def training_job(records: list[TaskRecord], options: Options, context: MethodCon
     from jobs.training.data import to_dataset, training_records
     from jobs.training.runner import TrainJob
 
-    rows = [{"prompt": build_messages(r, options.generation.prompt)}
+    rows = [{"prompt": build_messages(r, options.strategy)}
             for r in training_records(options.train_data, records)]
     to_dataset(rows, "distill prompt")
     batch = options.batch_size * options.num_workers * options.grad_accum
@@ -100,4 +89,4 @@ def predict(records: list[TaskRecord], options: Options, context: MethodContext)
     from jobs.training.runner import run_training
 
     outcome = run_training(training_job(records, options, context))
-    return method_output(records, outcome, options.generation, context)
+    return method_output(records, outcome, options, context)

@@ -37,7 +37,7 @@ def training_job(records: list[TaskRecord], options: Options, context: MethodCon
     from jobs.training.data import preference_rows, to_dataset, training_records
     from jobs.training.runner import TrainJob
 
-    rows = preference_rows(training_records(options.train_data, records), options.generation.prompt)
+    rows = preference_rows(training_records(options.train_data, records), options.strategy)
     to_dataset(rows, "dpo preference")
     return TrainJob(build=build_trainer, options=options, rows=rows, model=context.model, work_dir=context.work_dir,
                     seed=context.seed, use_gpu=context.use_gpu, method=context.method)
@@ -48,4 +48,4 @@ def predict(records: list[TaskRecord], options: Options, context: MethodContext)
     from jobs.training.runner import run_training
 
     outcome = run_training(training_job(records, options, context))
-    return method_output(records, outcome, options.generation, context)
+    return method_output(records, outcome, options, context)

@@ -5,7 +5,7 @@ they are split into batches of ``batch_size`` that run independently, as
 parallel Ray tasks when Ray is up (each task edits its own model copy), and
 return weight deltas. The deltas of all batches are added to one model copy,
 which then answers every record like the prompting method would
-(``build_messages`` -> ``generate`` -> ``extract_code``), so the eval job
+(``build_messages`` -> ``generate`` -> ``codes_from_texts``), so the eval job
 scores pass@1, api_ok etc. on the edited model. Editing metrics (efficacy,
 generalization, locality, teacher-forced and by generation) are reported for
 that merged model, and as ``isolated_*`` for each batch on its own copy.
@@ -17,9 +17,10 @@ import json
 import time
 from typing import Any, Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from data.records import TaskRecord
+from jobs.inference.generation import GenerationOptions
 from jobs.methods.registry import MethodContext, MethodOptions, MethodOutput
 
 RETAIN_HUMANEVAL = 4  # HumanEval solutions in the unlearning retain set
@@ -36,12 +37,9 @@ class Options(MethodOptions):
     paraphrases: int = 2
     locality: int = 3
     strategy: str = "basic"
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    num_samples: int = 1
-    gen_batch_size: int = 8
+    generation: GenerationOptions = Field(default_factory=GenerationOptions)  # answering after the edit
 
-    @field_validator("batch_size", "num_samples", "gen_batch_size", "max_new_tokens")
+    @field_validator("batch_size")
     @classmethod
     def _positive(cls, v: int) -> int:
         if v < 1:
@@ -93,14 +91,12 @@ def make_batches(records, requests, options: Options, tokenizer) -> list:
 
 
 def answer(model, tokenizer, records: list[TaskRecord], options: Options, seed: int) -> list[Any]:
-    from data.prompts import build_messages, extract_code
-    from jobs.inference.generation import GenerationSettings, generate
+    from data.prompts import build_messages
+    from jobs.inference.answers import codes_from_texts
+    from jobs.inference.generation import generate
 
-    settings = GenerationSettings(max_new_tokens=options.max_new_tokens, temperature=options.temperature,
-                                  num_samples=options.num_samples, batch_size=options.gen_batch_size, seed=seed)
-    outs = generate(model, tokenizer, [build_messages(r, options.strategy) for r in records], settings)
-    codes = [[extract_code(t) for t in samples] for samples in outs]
-    return [c[0] if len(c) == 1 else c for c in codes]
+    outs = generate(model, tokenizer, [build_messages(r, options.strategy) for r in records], options.generation, seed)
+    return codes_from_texts(outs, options.strategy)
 
 
 def predict(records: list[TaskRecord], options: Options, context: MethodContext) -> MethodOutput:

@@ -2,7 +2,7 @@
 
 Runs through the shared runner (``jobs.training.runner``: Ray Train workers,
 DeepSpeed, divergence guards, checkpoints). Prompts are
-``data.prompts.build_messages(record, generation.prompt)`` with ``instruction``
+``data.prompts.build_messages(record, strategy)`` with ``instruction``
 appended to the system message (by default ReCode's ``<think>``/``<answer>``
 format, which the ``recode`` reward scores); the trained adapter answers the
 evaluated records with the same messages.
@@ -79,7 +79,7 @@ class Options(TrainingOptions):
 def messages(record: TaskRecord, options: Options) -> list[dict]:
     from data.prompts import build_messages
 
-    chat = build_messages(record, options.generation.prompt)
+    chat = build_messages(record, options.strategy)
     if options.instruction.strip():
         chat[0] = {**chat[0], "content": chat[0]["content"].rstrip() + "\n\n" + options.instruction.strip()}
     return chat
@@ -182,7 +182,7 @@ def predict(records: list[TaskRecord], options: Options, context: MethodContext)
 
     log = Path(context.work_dir) / REWARD_LOG
     outcome = run_training(training_job(records, options, context))
-    output = method_output(records, outcome, options.generation, context,
+    output = method_output(records, outcome, options, context,
                            chats=[messages(r, options) for r in records])
     by_step = {}  # a worker restart logs some steps again: keep the last
     for line in log.read_text().splitlines() if log.exists() else []:

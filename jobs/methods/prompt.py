@@ -1,9 +1,9 @@
 """Method ``prompt``: ask a model (local or behind an HTTP API) to migrate each record's code.
 
 Options: ``strategy`` (a template in ``data/prompts``: basic, with_context,
-with_rules, cot) and ``backend`` (``jobs.inference.backends.BackendConfig``; default:
-the ``hf`` backend with the spec's model). Generation settings (max_tokens,
-temperature, num_samples, ...) live in the backend section. With
+with_rules, cot), ``backend`` (``jobs.inference.backends.BackendConfig``; default:
+the ``hf`` backend with the spec's model) and ``generation`` (max_new_tokens,
+temperature, num_samples, ...: ``jobs.inference.generation.GenerationOptions``). With
 ``num_samples > 1`` each record gets a list of samples (pass@k).
 
 ``with_rules`` shows the mined rules that match each record's code: the rule
@@ -18,9 +18,11 @@ from typing import Literal, Sequence
 
 from pydantic import Field
 
-from data.prompts import NO_RULES, build_messages, extract_answer
+from data.prompts import NO_RULES, build_messages
 from data.records import TaskRecord
+from jobs.inference.answers import codes_from_texts
 from jobs.inference.backends import Backend, BackendConfig, make_backend
+from jobs.inference.generation import GenerationOptions
 from jobs.methods.registry import MethodContext, MethodOptions, MethodOutput
 
 Strategy = Literal["basic", "with_context", "with_rules", "cot"]
@@ -29,6 +31,7 @@ Strategy = Literal["basic", "with_context", "with_rules", "cot"]
 class Options(MethodOptions):
     strategy: Strategy = "basic"
     backend: BackendConfig = Field(default_factory=BackendConfig)
+    generation: GenerationOptions = Field(default_factory=lambda: GenerationOptions(max_new_tokens=512))
     rules_path: str | None = None  # a rule library (JSON, jobs.rules); default: mine the train split
 
 
@@ -45,7 +48,9 @@ def load_rules(rules_path: str | None):
 
 def rules_text(ruleset, record: TaskRecord) -> str:
     """The rules whose before-pattern occurs in the record's old code (or prompt), described for the model."""
-    text = ruleset.matching(record.old_code or record.prompt).describe().strip()
+    from jobs.rules import rules_matching
+
+    text = rules_matching(record.old_code or record.prompt, ruleset).describe().strip()
     return text or NO_RULES
 
 
@@ -61,21 +66,14 @@ def answer(records: Sequence[TaskRecord], strategy: str, backend: Backend, rules
            ) -> tuple[list[str | list[str] | None], list[dict]]:
     """Codes for ``records`` (a list of samples per record when the backend samples several) and raw answers."""
     replies = backend.generate(chats_for(records, strategy, ruleset))
-    codes: list[str | list[str] | None] = []
-    raw = []
-    for rec, texts in zip(records, replies):
-        samples = [extract_answer(t, strategy) for t in texts if t is not None]
-        if not samples:
-            codes.append(None)
-        else:
-            codes.append(samples[0] if backend.config.num_samples == 1 else samples)
-        raw.append({"id": rec.id, "answers": list(texts)})
-    return codes, raw
+    raw = [{"id": rec.id, "answers": list(texts)} for rec, texts in zip(records, replies)]
+    return codes_from_texts(replies, strategy), raw
 
 
 def predict(records: list[TaskRecord], options: Options, context: MethodContext) -> MethodOutput:
     ruleset = load_rules(options.rules_path) if options.strategy == "with_rules" else None
-    backend = make_backend(options.backend, context.model, use_gpu=context.use_gpu, seed=context.seed)
+    backend = make_backend(options.backend, context.model, generation=options.generation, use_gpu=context.use_gpu,
+                           seed=context.seed)
     try:
         codes, raw = answer(records, options.strategy, backend, ruleset)
     finally:

@@ -1,4 +1,4 @@
-"""Method kinds. Adding one is a new module in ``jobs/`` plus one line in :data:`METHODS`.
+"""Method kinds. Adding one is a new module in ``jobs/methods/`` plus one line in :data:`METHODS`.
 
 A method module defines ``Options`` (a :class:`MethodOptions` subclass: the
 spec fields the kind accepts besides ``name`` and ``kind``) and

@@ -31,7 +31,7 @@ def training_job(records: list[TaskRecord], options: Options, context: MethodCon
     from jobs.training.data import sft_rows, to_dataset, training_records
     from jobs.training.runner import TrainJob
 
-    rows = sft_rows(training_records(options.train_data, records), options.generation.prompt)
+    rows = sft_rows(training_records(options.train_data, records), options.strategy)
     to_dataset(rows, "sft")  # fail here, before any worker starts, when there is nothing to train on
     return TrainJob(build=build_trainer, options=options, rows=rows, model=context.model, work_dir=context.work_dir,
                     seed=context.seed, use_gpu=context.use_gpu, method=context.method)
@@ -42,4 +42,4 @@ def predict(records: list[TaskRecord], options: Options, context: MethodContext)
     from jobs.training.runner import run_training
 
     outcome = run_training(training_job(records, options, context))
-    return method_output(records, outcome, options.generation, context)
+    return method_output(records, outcome, options, context)

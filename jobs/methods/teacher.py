@@ -32,12 +32,14 @@ from data.records import TaskRecord
 from data.teacher_set import CodePair, distill_row, pair_record, parse_pairs, recode_row, to_jsonl
 from jobs.evaluation.api_check import check_api
 from jobs.inference.backends import Backend, BackendConfig, make_backend
+from jobs.inference.generation import GenerationOptions
 from jobs.methods.registry import MethodContext, MethodOptions, MethodOutput
 from jobs.sandbox.executor import Executor, Program
 
 
 class Options(MethodOptions):
     backend: BackendConfig
+    generation: GenerationOptions = Field(default_factory=lambda: GenerationOptions(max_new_tokens=512))
     strategy: Literal["basic", "with_context", "cot"] = "with_context"  # how the teacher answers the records
     pairs_per_update: PositiveInt = Field(3, le=20)
     api_check: Literal["lenient", "strict"] = "lenient"
@@ -142,7 +144,8 @@ def run_teacher(records: list[TaskRecord], options: Options, backend: Backend, e
 def predict(records: list[TaskRecord], options: Options, context: MethodContext) -> MethodOutput:
     from jobs.sandbox.slots import Limits, SandboxExecutor
 
-    backend = make_backend(options.backend, context.model, use_gpu=context.use_gpu, seed=context.seed)
+    backend = make_backend(options.backend, context.model, generation=options.generation, use_gpu=context.use_gpu,
+                           seed=context.seed)
     try:
         with SandboxExecutor(options.sandbox_slots, limits=Limits(memory_mb=options.memory_mb)) as executor:
             return run_teacher(records, options, backend, executor)

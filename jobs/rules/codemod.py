@@ -287,12 +287,12 @@ def apply_rules(code: str, ruleset: RuleSet | list[Rule]) -> CodemodResult:
     return CodemodResult(code, fired)
 
 
-def rules_matching(code: str, ruleset: RuleSet | list[Rule]) -> list[Rule]:
-    """The rules whose ``before`` pattern matches somewhere in ``code``, in library order."""
+def rules_matching(code: str, ruleset: RuleSet) -> RuleSet:
+    """The rules of ``ruleset`` whose ``before`` pattern occurs in ``code``, in library order (none if it does not parse)."""
     try:
         module = cst.parse_module(code)
     except cst.ParserSyntaxError:
-        return []
+        return RuleSet([], ruleset.meta)
     names = resolve_names(module)
     nodes = []
 
@@ -314,4 +314,4 @@ def rules_matching(code: str, ruleset: RuleSet | list[Rule]) -> list[Rule]:
         chain = c.root == "chain"
         if any((n in names if chain else type(n).__name__ == c.root) and c.before.match(n, names) for n in nodes):
             found.append(c.rule)
-    return found
+    return RuleSet(found, ruleset.meta)

@@ -121,12 +121,6 @@ class RuleSet:
             raise RulesFormatError(f"{path}: cannot read rule library ({exc.strerror})") from None
         return cls.from_json(text, str(path))
 
-    def matching(self, code: str) -> "RuleSet":
-        """The rules whose ``before`` pattern occurs in ``code`` (none if the code does not parse)."""
-        from jobs.rules.codemod import rules_matching
-
-        return RuleSet(rules_matching(code, self), self.meta)
-
     def describe(self) -> str:
         """A short bullet list, one line per rule, for prompts and reports."""
         lines = []

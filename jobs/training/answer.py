@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from data.prompts import build_messages, extract_code
+from data.prompts import build_messages
 from data.records import TaskRecord
+from jobs.inference.answers import codes_from_texts
+from jobs.inference.generation import GenerationOptions
 from jobs.methods.registry import MethodContext, MethodOutput
 from jobs.training.guards import degenerate_answers
-from jobs.training.options import GenerationOptions
+from jobs.training.options import TrainingOptions
 from jobs.training.runner import TrainOutcome
 
 REPORTED = ("trainable_params", "total_params", "train_loss", "global_step", "resumed_from_step", "train_runtime",
@@ -27,29 +29,28 @@ def load_adapted(model: dict, adapter_dir: Path, use_gpu: bool):
     return PeftModel.from_pretrained(base, str(adapter_dir)), tokenizer
 
 
-def answer(model, tokenizer, chats: Sequence[list[dict]], gen: GenerationOptions, seed: int) -> list[str]:
-    from jobs.inference.generation import GenerationSettings, generate
+def answer(model, tokenizer, chats: Sequence[list[dict]], gen: GenerationOptions, seed: int) -> list[list[str]]:
+    from jobs.inference.generation import generate
 
-    settings = GenerationSettings(max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size, seed=seed)
-    return [samples[0] for samples in generate(model, tokenizer, chats, settings)]
+    return generate(model, tokenizer, chats, gen, seed)
 
 
-def method_output(records: Sequence[TaskRecord], outcome: TrainOutcome, gen: GenerationOptions,
+def method_output(records: Sequence[TaskRecord], outcome: TrainOutcome, options: TrainingOptions,
                   context: MethodContext, chats: Sequence[list[dict]] | None = None) -> MethodOutput:
     """Answers from the trained adapter; a diverged run answers nothing (its diagnosis is the result).
 
-    ``chats``: the prompts to answer, one per record (default: the ``gen.prompt`` strategy's messages).
+    ``chats``: the prompts to answer, one per record (default: the ``options.strategy`` messages).
     """
     metrics = {k: float(outcome.metrics[k]) for k in REPORTED if k in outcome.metrics}
     summary = {"metrics": outcome.metrics, "diverged": outcome.diverged, "adapter_dir": str(outcome.adapter_dir)}
     diverged = outcome.diverged
-    codes: list[str | None] = [None] * len(records)
+    codes: list = [None] * len(records)
     if diverged is None and outcome.adapter_dir is not None and records:
         model, tokenizer = load_adapted(context.model, outcome.adapter_dir, context.use_gpu)
-        chats = chats if chats is not None else [build_messages(r, gen.prompt) for r in records]
-        texts = answer(model, tokenizer, chats, gen, context.seed)
-        diverged = degenerate_answers(texts)
-        codes = [extract_code(t) for t in texts]
+        chats = chats if chats is not None else [build_messages(r, options.strategy) for r in records]
+        texts = answer(model, tokenizer, chats, options.generation, context.seed)
+        diverged = degenerate_answers([t for samples in texts for t in samples])
+        codes = codes_from_texts(texts, options.strategy)
     summary["diverged"] = diverged
     return MethodOutput(
         codes=codes, train_time_s=outcome.train_time_s, metrics=metrics, diverged=diverged,

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
+from jobs.inference.generation import GenerationOptions
 from jobs.methods.registry import MethodOptions
 
 
@@ -76,12 +77,6 @@ class ValidationOptions(_Strict):
     every_steps: PositiveInt = 8
 
 
-class GenerationOptions(_Strict):
-    max_new_tokens: PositiveInt = 256
-    batch_size: PositiveInt = 8
-    prompt: str = "basic"  # data/prompts strategy, the same at training and answering time
-
-
 class TrainingOptions(MethodOptions):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -104,5 +99,6 @@ class TrainingOptions(MethodOptions):
     gpus_per_worker: float = Field(1.0, gt=0, le=8)  # with use_gpu; a fraction lets trials share a GPU
     deepspeed: DeepSpeedOptions | None = None
     max_failures: int = Field(1, ge=-1)  # worker failures tolerated (restart from the last checkpoint); -1 = any
-    generation: GenerationOptions = Field(default_factory=GenerationOptions)
+    strategy: str = "basic"  # data/prompts strategy, the same at training and answering time
+    generation: GenerationOptions = Field(default_factory=GenerationOptions)  # answering after training
     validation: ValidationOptions | None = None  # held-out examples scored while training

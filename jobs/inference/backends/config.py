@@ -1,4 +1,8 @@
-"""A backend's configuration (the ``backend:`` section of a prompt or teacher method) and its stats."""
+"""A backend's configuration (the ``backend:`` section of a prompt or teacher method) and its stats.
+
+Where answers come from only: how they are sampled is the method's ``generation:`` section
+(``jobs.inference.generation.GenerationOptions``), the same type for every method.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ class Price(BaseModel):
 
 
 class BackendConfig(BaseModel):
-    """Where generations come from and how they are sampled.
+    """Where generations come from.
 
     ``api_key_env`` is the NAME of the environment variable holding the key
     (``OPENAI_API_KEY``), never the key itself: specs, manifests and logs only
@@ -45,11 +49,6 @@ class BackendConfig(BaseModel):
     cache: bool = True
     cache_dir: str | None = None  # default: $APIMIG_LLM_CACHE or ~/.cache/apimig/llm
     prices: dict[str, Price] = Field(default_factory=dict)
-    max_tokens: PositiveInt = 512
-    temperature: NonNegativeFloat = 0.0  # 0 = greedy
-    top_p: float = Field(1.0, gt=0, le=1)
-    num_samples: PositiveInt = 1
-    batch_size: PositiveInt = 8  # hf: prompts per generate() call
     workers: int | None = Field(None, ge=0)  # hf: Ray actors; None = one per GPU with use_gpu, else in-process
 
     @model_validator(mode="after")

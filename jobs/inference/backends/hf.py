@@ -20,7 +20,7 @@ import threading
 from typing import Any, Sequence
 
 from jobs.inference.backends.config import BackendConfig, BackendStats
-from jobs.inference.generation import GenerationSettings, generate
+from jobs.inference.generation import GenerationOptions, generate
 
 
 class GenerationWorker:
@@ -31,21 +31,20 @@ class GenerationWorker:
 
         self.model, self.tokenizer = load_model(model_spec, use_gpu=use_gpu)
 
-    def generate(self, chats: Sequence[Sequence[dict]], settings: GenerationSettings) -> list[list[str]]:
-        return generate(self.model, self.tokenizer, chats, settings)
+    def generate(self, chats: Sequence[Sequence[dict]], settings: GenerationOptions, seed: int) -> list[list[str]]:
+        return generate(self.model, self.tokenizer, chats, settings, seed)
 
 
 class HFBackend:
     kind = "hf"
 
-    def __init__(self, config: BackendConfig, model_spec: dict[str, Any], use_gpu: bool = False, seed: int = 0):
+    def __init__(self, config: BackendConfig, model_spec: dict[str, Any], *,
+                 generation: GenerationOptions = GenerationOptions(), use_gpu: bool = False, seed: int = 0):
         self.config = config
+        self.generation = generation
+        self.seed = seed
         self.model_spec = dict(model_spec, name=config.model) if config.model else dict(model_spec)
         self.use_gpu = use_gpu
-        self.settings = GenerationSettings(
-            max_new_tokens=config.max_tokens, temperature=config.temperature, top_p=config.top_p,
-            num_samples=config.num_samples, batch_size=config.batch_size, seed=seed,
-        )
         self._local: GenerationWorker | None = None
         self._actors: list | None = None
         self._stats = BackendStats()
@@ -75,7 +74,7 @@ class HFBackend:
         if n == 0:
             if self._local is None:
                 self._local = GenerationWorker(self.model_spec, self.use_gpu)
-            out = self._local.generate(chats, self.settings)
+            out = self._local.generate(chats, self.generation, self.seed)
         else:
             import ray
 
@@ -83,11 +82,11 @@ class HFBackend:
                 self.close()
                 self._actors = self._start_actors(n)
             size = -(-len(chats) // n)
-            refs = [a.generate.remote(chats[i * size:(i + 1) * size], self.settings)
+            refs = [a.generate.remote(chats[i * size:(i + 1) * size], self.generation, self.seed)
                     for i, a in enumerate(self._actors[:n]) if chats[i * size:(i + 1) * size]]
             out = [answers for part in ray.get(refs) for answers in part]
         with self._lock:
-            self._stats.requests += len(chats) * self.config.num_samples
+            self._stats.requests += len(chats) * self.generation.num_samples
             self._stats.successes += sum(len(a) for a in out)
         return out
 

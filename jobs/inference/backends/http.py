@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 from jobs.inference.backends.cache import ResponseCache, request_key
 from jobs.inference.backends.config import BackendConfig, BackendStats
+from jobs.inference.generation import GenerationOptions
 
 REDACTED = "[redacted]"
 
@@ -91,8 +92,9 @@ def _is_loopback(url: str) -> bool:
 class HttpBackend:
     kind = "http"
 
-    def __init__(self, config: BackendConfig, seed: int = 0):
+    def __init__(self, config: BackendConfig, *, generation: GenerationOptions = GenerationOptions(), seed: int = 0):
         self.config = config
+        self.generation = generation
         self.seed = seed
         self.cache = ResponseCache(config.cache_root() / self.kind) if config.cache else None
         self._stats = BackendStats()
@@ -118,7 +120,7 @@ class HttpBackend:
     # -- the interface ----------------------------------------------------------------------------
     def generate(self, chats: Sequence[Sequence[dict]]) -> list[list[str | None]]:
         """``num_samples`` answers per chat, in order; ``None`` where a request failed after its retries."""
-        n = self.config.num_samples
+        n = self.generation.num_samples
         # Identical chats (records sharing a prompt) are asked once: concurrent twins would both miss the cache.
         first: dict[str, int] = {}
         for i, chat in enumerate(chats):
@@ -162,7 +164,7 @@ class HttpBackend:
         """POST ``body`` (cached, retried); returns ``parse(response)[0]`` and counts its tokens."""
         url = self.config.base_url.rstrip("/") + path
         # Sampled answers also depend on the experiment's seed: another seed draws (and caches) new samples.
-        seed = self.seed if self.config.temperature > 0 else None
+        seed = self.seed if self.generation.temperature > 0 else None
         key = request_key({"kind": self.kind, "url": url, "body": body, "sample": sample, "seed": seed})
         self._count(requests=1)
         if self.cache is not None:

@@ -15,17 +15,17 @@ class OpenAIChat(HttpBackend):
     kind = "openai"
 
     def request(self, messages: Sequence[dict], sample: int) -> tuple[str, dict[str, Any]]:
-        cfg = self.config
+        cfg, gen = self.config, self.generation
         body: dict[str, Any] = {
             "model": cfg.model,
             "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
-            "max_tokens": cfg.max_tokens,
-            "temperature": cfg.temperature,
+            "max_tokens": gen.max_new_tokens,
+            "temperature": gen.temperature,
             "n": 1,  # one request per sample: each is cached and retried on its own
         }
-        if cfg.top_p < 1:
-            body["top_p"] = cfg.top_p
-        if cfg.temperature > 0:
+        if gen.top_p < 1:
+            body["top_p"] = gen.top_p
+        if gen.temperature > 0:
             body["seed"] = self.seed + sample  # best effort: servers that honour it reproduce samples
         return "/chat/completions", body
 
@@ -43,18 +43,18 @@ class AnthropicMessages(HttpBackend):
     kind = "anthropic"
 
     def request(self, messages: Sequence[dict], sample: int) -> tuple[str, dict[str, Any]]:
-        cfg = self.config
+        cfg, gen = self.config, self.generation
         system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
         body: dict[str, Any] = {
             "model": cfg.model,
-            "max_tokens": cfg.max_tokens,
+            "max_tokens": gen.max_new_tokens,
             "messages": [{"role": m["role"], "content": m["content"]} for m in messages if m["role"] != "system"],
-            "temperature": cfg.temperature,
+            "temperature": gen.temperature,
         }
         if system:
             body["system"] = system
-        if cfg.top_p < 1:
-            body["top_p"] = cfg.top_p
+        if gen.top_p < 1:
+            body["top_p"] = gen.top_p
         return "/v1/messages", body
 
     def auth_headers(self, key: str) -> dict[str, str]:
@@ -88,9 +88,9 @@ class CustomRest(HttpBackend):
     kind = "custom"
 
     def request(self, messages: Sequence[dict], sample: int) -> tuple[str, dict[str, Any]]:
-        cfg = self.config
-        return "/generate", {"input": plain_text(messages), "max_tokens": cfg.max_tokens,
-                             "temperature": cfg.temperature}
+        gen = self.generation
+        return "/generate", {"input": plain_text(messages), "max_tokens": gen.max_new_tokens,
+                             "temperature": gen.temperature}
 
     def parse(self, response: Any) -> tuple[str, int, int]:
         text = response["text"]
