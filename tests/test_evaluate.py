@@ -29,7 +29,9 @@ def test_reference_passes_and_old_api_has_no_answers_on_codeupdatearena(shared_d
     assert ref.metrics["n"] == 12 and ref.metrics["pass@1"] == 1.0 and ref.metrics["exact_match"] == 1.0
     assert all(row["tests_passed"] == row["tests_total"] > 0 for row in ref.rows)
     old = run_eval_job(_request("old_api"), records, sandbox)
-    assert old.metrics["n"] == 0 and old.metrics["pass@1"] is None
+    # No pre-update code: every record is unanswered, and every one counts as a failure.
+    assert old.metrics["n"] == 12 and old.metrics["answered"] == 0 and old.metrics["pass@1"] == 0.0
+    assert old.metrics["syntax_ok"] == old.metrics["exec_ok"] == old.metrics["exact_match"] == 0.0
 
 
 def test_without_the_update_reference_solutions_fail(shared_data, sandbox):
@@ -73,3 +75,63 @@ def test_pass_at_k_estimator():
 
     assert pass_at_k(10, 0, 1) == 0.0 and pass_at_k(10, 10, 5) == 1.0
     assert abs(pass_at_k(5, 1, 1) - 0.2) < 1e-12 and abs(pass_at_k(5, 2, 2) - (1 - 3 / 10)) < 1e-12
+
+
+# --- honest metrics: nothing scores like something ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def migration_records():
+    from data.migrations import load_migrations
+
+    return load_migrations(split="test")[:3]
+
+
+@pytest.mark.parametrize("blank", [None, "", "\n  \n", "# just a comment\n"])
+def test_a_blank_answer_fails_every_metric(migration_records, sandbox, blank):
+    answer = None if blank is None else [blank, blank]  # two samples, so pass@2 is defined
+    rows = evaluate(migration_records, [answer] * len(migration_records), sandbox, EvalSettings(k=(1, 2)))
+    m = summarize(rows, k=(1, 2))
+    assert m["n"] == len(migration_records) and m["answered"] == 0
+    for name in ("syntax_ok", "exec_ok", "pass@1", "pass@2", "exact_match", "edit_sim", "api_ok"):
+        assert m[name] == 0.0, (name, m[name])
+    assert all(r["failure"] == "no code in the answer" for r in rows)
+
+
+def test_every_record_is_in_the_denominator(migration_records, sandbox):
+    codes = [migration_records[0].reference] + [None] * (len(migration_records) - 1)
+    m = summarize(evaluate(migration_records, codes, sandbox, EvalSettings()))
+    assert m["n"] == 3 and m["answered"] == 1
+    assert m["pass@1"] == m["exec_ok"] == m["exact_match"] == pytest.approx(1 / 3)
+
+
+def test_exec_ok_needs_the_names_the_tests_call(migration_records, sandbox):
+    rec = migration_records[0]
+    runs_but_defines_nothing = "import pandas as pd\nx = 1\n"
+    (row,) = evaluate([rec], [runs_but_defines_nothing], sandbox, EvalSettings())
+    assert row["syntax_ok"] == 1.0 and row["exec_ok"] == 0.0 and row["passed"] == 0.0
+    (row,) = evaluate([rec], [rec.old_code], sandbox, EvalSettings())
+    assert row["exec_ok"] == 1.0  # the old code defines the function; it fails only inside the test
+
+
+def test_pass_at_k_is_not_computed_over_a_subset(migration_records, sandbox):
+    ref = migration_records[0].reference
+    codes = [[ref, ref], [ref], None]  # the second record has fewer than k samples
+    m = summarize(evaluate(migration_records, codes, sandbox, EvalSettings(k=(1, 2))), k=(1, 2))
+    assert m["pass@2"] is None and m["short@2"] == 1
+    full = summarize(evaluate(migration_records, [[ref, ref], [ref, None], None], sandbox, EvalSettings()),
+                     k=(1, 2))
+    assert full["pass@2"] == pytest.approx(1 / 3)  # record 1 passes 1 of 2; pass@2 = 1; record 2 counts 0
+
+
+def test_upass_only_where_the_prompt_carried_the_update(shared_data, sandbox, monkeypatch):
+    from jobs.methods import reference
+
+    records = load_codeupdatearena(shared_data / "codeupdatearena" / "arena.dev.jsonl", limit=2)
+    plain = run_eval_job(_request("reference"), records, sandbox)
+    assert "pass@1" in plain.metrics and not any(k.startswith(("upass", "spass")) for k in plain.metrics)
+    original = reference.predict
+    monkeypatch.setattr(reference, "predict", lambda *a: __import__("dataclasses").replace(original(*a),
+                                                                                            shows_update=True))
+    told = run_eval_job(_request("reference"), records, sandbox)
+    assert told.metrics["upass@1"] == told.metrics["pass@1"] == 1.0

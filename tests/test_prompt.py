@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
 from data.migrations import load_migrations
 from data.prompts import NO_RULES, build_messages, extract_answer, extract_code, strategies
+from jobs.inference.answers import codes_from_texts
 from jobs.inference.backends import BackendConfig, make_backend
 from jobs.inference.generation import GenerationOptions, render
 from jobs.inference.models import load_tokenizer
@@ -84,7 +87,9 @@ def test_with_rules_uses_rules_mined_from_the_train_split(tmp_path):
     ("Answer:\n```python\ndef f():\n    return 1", False, "def f():\n    return 1\n"),  # unclosed fence
     ("reasoning <answer>z = 3</answer> done", False, "z = 3\n"),
     ("<answer>\nz = 4\n", False, "z = 4\n"),  # unclosed tag runs to the end
-    ("x = 5", False, "x = 5\n"),  # no markup: the whole text
+    ("x = 5", False, None),  # no markup: prose or raw text is no answer (every prompt asks for a block)
+    ("Here you go:\n```python\n\n```", False, None),  # an empty block is no answer
+    ("<answer>  \n</answer>", False, None),
     ("```python\nquoted\n```\nso:\n```python\nfinal\n```", True, "final\n"),  # cot: the last block
     ("```python\nquoted\n```\nso:\n```python\nfinal\n```", False, "quoted\n"),
 ])
@@ -110,15 +115,25 @@ def test_options_validate(records):
 def test_prompt_method_on_the_tiny_model(records, tmp_path):
     context = MethodContext(model={"name": "tiny"}, work_dir=tmp_path, seed=3)
     greedy = predict(records, Options.model_validate({"generation": {"max_new_tokens": 6}}), context)
-    assert len(greedy.codes) == 2 and all(isinstance(c, str) and c.endswith("\n") for c in greedy.codes)
+    answers = [json.loads(line)["answers"] for line in greedy.files["answers.jsonl"].splitlines()]
+    assert len(greedy.codes) == 2 and len(answers) == 2 and all(len(a) == 1 for a in answers)
+    # The random model writes no code block: its answers are no answer (None), through the one answer path.
+    assert greedy.codes == codes_from_texts(answers, "basic")
     assert greedy.metrics["backend_requests"] == 2 and greedy.metrics["backend_successes"] == 2
-    assert greedy.files["answers.jsonl"].count("\n") == 2
     sampled_options = Options.model_validate(
         {"strategy": "cot", "generation": {"max_new_tokens": 6, "temperature": 1.0, "num_samples": 2}})
     first = predict(records, sampled_options, context)
-    assert all(isinstance(c, list) and len(c) == 2 for c in first.codes)
-    assert predict(records, sampled_options, context).codes == first.codes  # seeded: reproducible
-    assert first.codes[0][0] != first.codes[0][1] or first.codes[1][0] != first.codes[1][1]  # really sampled
+    assert all(isinstance(c, list) and len(c) == 2 for c in first.codes)  # one entry per sample, None or code
+    texts = [json.loads(line)["answers"] for line in first.files["answers.jsonl"].splitlines()]
+    again = predict(records, sampled_options, context).files["answers.jsonl"]
+    assert again == first.files["answers.jsonl"]  # seeded: reproducible
+    assert texts[0][0] != texts[0][1] or texts[1][0] != texts[1][1]  # really sampled
+
+
+def test_a_blank_or_prose_answer_is_no_answer():
+    texts = [["```python\nx = 1\n```"], ["\n\n"], ["Sure, use pd.concat."], ["```python\n```"], [None]]
+    assert codes_from_texts(texts, "basic") == ["x = 1\n", None, None, None, None]
+    assert codes_from_texts([["```python\na\n```", "nothing"]], "basic") == [["a\n", None]]
 
 
 def test_sampling_survives_nan_logits():

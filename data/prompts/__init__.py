@@ -67,37 +67,48 @@ def template_fields(record: TaskRecord, extra: dict[str, Any] | None = None) -> 
     return fields
 
 
+def shows_update(strategy: str) -> bool:
+    """Whether the strategy's prompt tells the model about the record's API update (its docs or description).
+
+    CodeUpdateArena's UPass/SPass are defined only for prompts that carry the update (or the control's).
+    """
+    return any(f"{{{name}}}" in _template(strategy) for name in ("docs", "description", "new_api"))
+
+
 def build_messages(record: TaskRecord, strategy: str = "basic", extra: dict[str, Any] | None = None) -> list[dict]:
     """System + user messages for ``record`` under ``strategy`` (``extra`` fills strategy-specific fields)."""
     user = _template(strategy).format(**template_fields(record, extra)).strip()
     return [{"role": "system", "content": _template("system").strip()}, {"role": "user", "content": user}]
 
 
-def extract_code(text: str, last: bool = False) -> str:
-    """The code in a model's answer.
+def extract_code(text: str, last: bool = False) -> str | None:
+    """The code in a model's answer, or ``None`` where it holds none.
 
     In order: the first fenced block tagged ``python``/``py``/``python3``;
     else the first fenced block of any tag (an unclosed fence runs to the end
     of the text, as when generation hits its token limit); else the text
-    inside ``<answer>...</answer>`` (an unclosed tag runs to the end); else
-    the whole text. With ``last`` (the ``cot`` strategy), the last block
-    instead of the first at both fenced steps. Never fails: a bad answer is
-    judged by the executor, not here.
+    inside ``<answer>...</answer>`` (an unclosed tag runs to the end). With
+    ``last`` (the ``cot`` strategy), the last block instead of the first at
+    both fenced steps. Every prompt asks for a fenced block, so prose without
+    one, and an empty block, are no answer (``None``): scored as a failure,
+    never as code that "ran". A bad answer is otherwise judged by the executor.
     """
     blocks = _FENCE.findall(text)
     if last:
         blocks.reverse()
-    for tag, body in blocks:
-        if tag.lower() in ("python", "py", "python3"):
-            return body.strip("\n") + "\n"
-    if blocks:
-        return blocks[0][1].strip("\n") + "\n"
-    answer = re.search(r"<answer>(.*?)(?:</answer>|\Z)", text, re.S)
-    body = answer.group(1) if answer else text
-    return body.strip("\n") + "\n"
+    python = [body for tag, body in blocks if tag.lower() in ("python", "py", "python3")]
+    if python or blocks:
+        body = python[0] if python else blocks[0][1]
+    else:
+        answer = re.search(r"<answer>(.*?)(?:</answer>|\Z)", text, re.S)
+        if answer is None:
+            return None
+        body = answer.group(1)
+    body = body.strip("\n")
+    return body + "\n" if body.strip() else None
 
 
-def extract_answer(text: str, strategy: str = "basic") -> str:
+def extract_answer(text: str, strategy: str = "basic") -> str | None:
     """:func:`extract_code` as ``strategy`` asks for it (the last block for ``cot``)."""
     return extract_code(text, last=strategy in LAST_BLOCK)
 

@@ -58,10 +58,13 @@ class ApiUsage:
 
     @property
     def ok(self) -> bool | None:
-        """New API not missing and old API not present; None when neither side is known."""
-        if self.uses_new is None and self.uses_old is None:
+        """New API used and old API gone. False as soon as one side fails; None (never True) while either
+        side cannot be decided, so an undecidable check never counts as a success."""
+        if self.uses_new is False or self.uses_old is True:
+            return False
+        if self.uses_new is None or self.uses_old is None:
             return None
-        return self.uses_new is not False and self.uses_old is not True
+        return True
 
 
 @dataclass(frozen=True)

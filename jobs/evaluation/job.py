@@ -1,16 +1,23 @@
 """The eval job: a method predicts code for a dataset's records, and each prediction is executed.
 
 Entry point: :func:`run_eval_job`. A method may return one code per record or
-several samples. Metrics are fractions over the records the method answered
-(``n``), each record weighing the same (its samples averaged):
+several samples. Metrics are fractions over EVERY record of the dataset (``n``),
+each record weighing the same (its samples averaged). A record the method did
+not answer, an answer with no code in it (blank, comments only: see
+``metrics.has_code``) and a record whose environment could not be built all
+count as failures on every metric; ``answered`` says how many got code.
 
-- ``syntax_ok``: the code parses; ``exec_ok``: its code part (imports,
-  definitions) ran; ``pass@1``: every test of the record passed;
-- ``pass@k`` (k > 1, where a record has at least k samples): the unbiased
-  estimator 1 - C(n-c, k) / C(n, k) of Chen et al. (2021), n samples, c correct;
-- ``exact_match`` / ``edit_sim`` against the reference;
-- ``api_ok``: the code calls the update's new API and not the deprecated one
-  (only where that can be decided statically, see ``jobs.evaluation.api_check``).
+- ``syntax_ok``: the code parses; ``exec_ok``: its code part (setup, update,
+  candidate) ran AND the candidate defines every name the tests call that the
+  setup does not (``metrics.names_tests_need``); ``pass@1``: every test passed;
+- ``pass@k`` (k > 1): the unbiased estimator 1 - C(n-c, k) / C(n, k) of Chen et
+  al. (2021), n samples, c correct; an unanswered record counts 0, and if any
+  answered record has fewer than k samples pass@k is n/a (``short@k`` says how
+  many) rather than computed over the others;
+- ``exact_match`` / ``edit_sim`` against the reference (records that have one);
+- ``api_ok``: the code calls the update's new API and not the deprecated one,
+  over the records where that can be decided statically
+  (``jobs.evaluation.api_check``); undecidable is n/a, never a success.
 """
 
 from __future__ import annotations
@@ -63,7 +70,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def _samples(code: str | Sequence[str] | None) -> list[str]:
+def _samples(code: str | Sequence[str | None] | None) -> list[str | None]:
     if code is None:
         return []
     return [code] if isinstance(code, str) else list(code)
@@ -97,7 +104,7 @@ def evaluate(
     """Execute every (record, sample, test) program in one batch and fold the verdicts per record.
 
     Records whose environment could not be built are not executed: their row says
-    ``unsupported`` and why, and they count in no metric but ``unsupported``.
+    ``unsupported`` and why, and fails every metric. Samples with no code are not executed either.
     """
     from jobs.evaluation.api_check import check_api
 
@@ -109,6 +116,8 @@ def evaluate(
         if env is not None and not env.ready:
             continue
         for s, sample in enumerate(_samples(code)):
+            if not metrics.has_code(sample):
+                continue
             prefix = rec.code_for(sample, with_update=settings.with_update)
             for test in rec.tests:
                 batch.append(Program(prefix, test, env.python_path if env is not None else None))
@@ -122,41 +131,56 @@ def evaluate(
     rows = []
     for i, (rec, code) in enumerate(zip(records, codes)):
         samples = _samples(code)
-        row: dict[str, Any] = {"id": rec.id, "code": samples[0] if samples else None}
+        answered = any(metrics.has_code(s) for s in samples)
+        row: dict[str, Any] = {"id": rec.id, "code": samples[0] if samples else None, "answered": answered}
         env = environments.get(rec.id)
         if env is not None and not env.ready:
             row.update(unsupported=env.reason or "environment unavailable")
-        elif samples:
-            per = [_sample_verdict(rec, sample, runs.get((i, s), []), check_api) for s, sample in enumerate(samples)]
-            passed = [p["passed"] for p in per]
-            known = [p for p in passed if p is not None]
-            first_failure = next((p["failure"] for p in per if p["failure"]), None)
-            row.update(
-                samples=len(samples),
-                samples_passed=sum(known) if known else None,
-                tests_passed=per[0]["tests_passed"],
-                tests_total=per[0]["tests_total"],
-                passed=(sum(known) / len(known)) if known else None,  # fraction of samples passing
-                **{key: _mean([p[key] for p in per]) for key in ("syntax_ok", "exec_ok", "exact_match", "edit_sim",
-                                                                   "api_ok")},
-                failure=first_failure,
-            )
+            samples = []  # not executed: fails like an unanswered record
+        need = metrics.names_tests_need(rec.tests, rec.code_for("", with_update=settings.with_update))
+        per = [_sample_verdict(rec, sample, runs.get((i, s), []), check_api, need) for s, sample in enumerate(samples)]
+        if not per:
+            per = [_sample_verdict(rec, None, [], check_api, need)]
+        passed = [p["passed"] for p in per]
+        known = [p for p in passed if p is not None]
+        row.update(
+            samples=len(samples),
+            samples_passed=sum(known) if known else None,
+            tests_passed=per[0]["tests_passed"],
+            tests_total=per[0]["tests_total"],
+            passed=(sum(known) / len(known)) if known else None,  # fraction of samples passing
+            **{key: _mean([p[key] for p in per]) for key in ("syntax_ok", "exec_ok", "exact_match", "edit_sim",
+                                                               "api_ok")},
+            failure=row.get("unsupported") or next((p["failure"] for p in per if p["failure"]), None),
+        )
         rows.append(row)
     return rows
 
 
-def _sample_verdict(rec: TaskRecord, sample: str, runs: list[ExecResult], check_api) -> dict[str, Any]:
+def _sample_verdict(rec: TaskRecord, sample: str | None, runs: list[ExecResult], check_api,
+                    need: set[str]) -> dict[str, Any]:
+    """One sample's verdicts; a sample with no code (``None``, blank) fails every one that can be decided."""
+    # In a control condition the record's update is not the one installed: no API verdict.
+    control = bool(rec.meta.get("control"))
+    has_ref = rec.reference is not None
+    if not metrics.has_code(sample):
+        return {"syntax_ok": False, "exec_ok": False, "passed": False, "tests_passed": 0,
+                "tests_total": len(rec.tests), "exact_match": False if has_ref else None,
+                "edit_sim": 0.0 if has_ref else None,
+                "api_ok": None if control else check_api("", rec.update.new_api, rec.update.old_api).ok,
+                "failure": "no code in the answer"}
     failing = next((r for r in runs if not r.passed), None)
+    code_ok = any(r.code_ok for r in runs) if runs else None
     return {
         "syntax_ok": metrics.syntax_ok(sample),
-        "exec_ok": any(r.code_ok for r in runs) if runs else None,
+        # The candidate's code ran and defines what the tests call (setup lines alone running is not enough).
+        "exec_ok": None if code_ok is None else (code_ok and metrics.defines(sample, need)),
         "passed": all(r.passed for r in runs) if runs else None,
         "tests_passed": sum(r.passed for r in runs),
         "tests_total": len(runs),
-        "exact_match": metrics.exact_match(sample, rec.reference) if rec.reference is not None else None,
-        "edit_sim": metrics.edit_similarity(sample, rec.reference) if rec.reference is not None else None,
-        # In a control condition the record's update is not the one installed: no API verdict.
-        "api_ok": None if rec.meta.get("control") else check_api(sample, rec.update.new_api, rec.update.old_api).ok,
+        "exact_match": metrics.exact_match(sample, rec.reference) if has_ref else None,
+        "edit_sim": metrics.edit_similarity(sample, rec.reference) if has_ref else None,
+        "api_ok": None if control else check_api(sample, rec.update.new_api, rec.update.old_api).ok,
         "failure": _describe(failing) if failing else None,
     }
 
@@ -170,16 +194,22 @@ def _describe(result: ExecResult) -> str:
 
 
 def summarize(rows: list[dict[str, Any]], k: Sequence[int] = (1,)) -> dict[str, float | int | None]:
-    answered = [r for r in rows if r.get("code") is not None and not r.get("unsupported")]
-    out: dict[str, float | int | None] = {"n": len(answered)}
+    """Every metric over every row (one per record); see the module docstring for what fails and what is n/a."""
+    out: dict[str, float | int | None] = {"n": len(rows),
+                                          "answered": sum(1 for r in rows if r.get("answered") and
+                                                          not r.get("unsupported"))}
     unsupported = sum(1 for r in rows if r.get("unsupported"))
     if unsupported:
         out["unsupported"] = unsupported
     for name in METRICS:
-        out[name] = _mean([r.get("passed" if name == "pass@1" else name) for r in answered])
+        out[name] = _mean([r.get("passed" if name == "pass@1" else name) for r in rows])
     for kk in sorted(set(k) - {1}):
-        eligible = [r for r in answered if r.get("samples_passed") is not None and r["samples"] >= kk]
-        out[f"pass@{kk}"] = _mean([pass_at_k(r["samples"], r["samples_passed"], kk) for r in eligible])
+        short = [r for r in rows if 0 < r.get("samples", 0) < kk]
+        if short:
+            out[f"pass@{kk}"], out[f"short@{kk}"] = None, len(short)
+            continue
+        out[f"pass@{kk}"] = _mean([pass_at_k(r["samples"], r["samples_passed"] or 0, kk) if r.get("samples") else 0.0
+                                   for r in rows])
     return out
 
 
@@ -202,8 +232,9 @@ def run_eval_job(
     rows = evaluate(records, output.codes, executor, request.eval, progress, environments)
     t2 = time.monotonic()
     summary = summarize(rows, request.eval.k)
-    if records and records[0].dataset == "codeupdatearena":
-        # The paper's names: UPass with the method told about the right update, SPass in the control.
+    if records and records[0].dataset == "codeupdatearena" and output.shows_update:
+        # The paper's names: UPass with the method told about the right update, SPass in the control. Only
+        # where the prompt carried the update: elsewhere the rate is plain pass@k.
         prefix = "spass" if records[0].meta.get("control") else "upass"
         summary.update({f"{prefix}@{k[5:]}": v for k, v in list(summary.items()) if k.startswith("pass@")})
     if output.train_time_s is not None:

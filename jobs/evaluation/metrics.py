@@ -47,3 +47,47 @@ def exact_match(candidate: str, reference: str) -> bool:
 def edit_similarity(candidate: str, reference: str) -> float:
     """1 - Levenshtein distance / max length, on comment-free code (1.0 = identical)."""
     return Levenshtein.normalized_similarity(strip_comments(candidate), strip_comments(reference))
+
+
+def has_code(code: str | None) -> bool:
+    """Whether an answer holds any code at all: blank or comment-only text is no answer."""
+    return code is not None and bool(strip_comments(code).strip())
+
+
+def _names(code: str) -> tuple[set[str], set[str]]:
+    """``(names read, names bound)`` anywhere in ``code``; both empty if it does not parse."""
+    try:
+        tree = parse(code)
+    except (SyntaxError, ValueError):
+        return set(), set()
+    read, bound = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (read if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.alias):
+            bound.add(node.asname or node.name.split(".")[0])
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            bound.update(node.names)
+    return read, bound
+
+
+def names_tests_need(tests: tuple[str, ...] | list[str], prefix: str) -> set[str]:
+    """Names the tests read but neither they, ``prefix`` (setup, update) nor builtins define: the candidate's job."""
+    import builtins
+
+    need: set[str] = set()
+    for test in tests:
+        read, bound = _names(test)
+        need |= read - bound
+    return need - _names(prefix)[1] - set(dir(builtins))
+
+
+def defines(code: str, names: set[str]) -> bool:
+    """Whether ``code`` binds every one of ``names`` (statically, anywhere in it)."""
+    return names <= _names(code)[1]

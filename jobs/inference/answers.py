@@ -16,16 +16,17 @@ Code = str | list[str] | None
 
 
 def codes_from_texts(texts: Sequence[Sequence[str | None]], strategy: str) -> list[Code]:
-    """One entry per record: its code (one sample), a list of codes (several samples), or ``None``.
+    """One entry per record: its code or ``None`` (one sample), or one entry per sample (several).
 
-    ``texts[i]`` holds record i's sampled answers; a ``None`` sample (a request that failed) is
-    dropped, and a record with no sample left has no answer.
+    ``texts[i]`` holds record i's sampled answers. A text with no code in it becomes ``None``: a
+    sample drawn and failed. A ``None`` text (a request that failed after its retries) was never
+    drawn and is dropped, so pass@k sees fewer samples rather than a made-up failure.
     """
-    out: list[Code] = []
+    out: list = []
     for samples in texts:
         codes = [extract_answer(t, strategy) for t in samples if t is not None]
-        if not codes:
-            out.append(None)
+        if len(samples) == 1:
+            out.append(codes[0] if codes else None)
         else:
-            out.append(codes[0] if len(samples) == 1 else codes)
+            out.append(codes or None)
     return out

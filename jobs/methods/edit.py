@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from data.prompts import shows_update
 from data.records import TaskRecord
 from jobs.inference.generation import GenerationOptions
 from jobs.methods.registry import MethodContext, MethodOptions, MethodOutput
@@ -141,4 +142,5 @@ def predict(records: list[TaskRecord], options: Options, context: MethodContext)
         files["hparams.json"] = json.dumps(hp.resolve(model).model_dump(), indent=2) + "\n"
     edit_time = time.perf_counter() - t0
     codes = answer(model, tokenizer, records, options, context.seed)
-    return MethodOutput(codes=codes, train_time_s=edit_time, metrics=metrics, files=files)
+    return MethodOutput(codes=codes, train_time_s=edit_time, metrics=metrics, files=files,
+                        shows_update=shows_update(options.strategy))

@@ -18,7 +18,7 @@ from typing import Literal, Sequence
 
 from pydantic import Field
 
-from data.prompts import NO_RULES, build_messages
+from data.prompts import NO_RULES, build_messages, shows_update
 from data.records import TaskRecord
 from jobs.inference.answers import codes_from_texts
 from jobs.inference.backends import Backend, BackendConfig, make_backend
@@ -79,4 +79,5 @@ def predict(records: list[TaskRecord], options: Options, context: MethodContext)
     finally:
         backend.close()
     files = {"answers.jsonl": "".join(json.dumps(row) + "\n" for row in raw)}
-    return MethodOutput(codes=codes, metrics=backend.stats().as_metrics(), files=files)
+    return MethodOutput(codes=codes, metrics=backend.stats().as_metrics(), files=files,
+                        shows_update=shows_update(options.strategy))

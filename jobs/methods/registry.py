@@ -55,6 +55,9 @@ class MethodOutput:
     # Training stopped because loss/gradients went non-finite or generations degenerated: a one-line
     # diagnosis. The job is then recorded as "diverged" (its predictions, if any, are still evaluated).
     diverged: str | None = None
+    # The prompts that produced the codes told the model about each record's update (data.prompts.shows_update):
+    # only then are CodeUpdateArena's pass rates reported as UPass/SPass.
+    shows_update: bool = False
 
 
 def method_module(kind: str) -> ModuleType:

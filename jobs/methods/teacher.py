@@ -27,7 +27,7 @@ from typing import Literal, Sequence
 
 from pydantic import Field, PositiveFloat, PositiveInt
 
-from data.prompts import build_messages
+from data.prompts import build_messages, shows_update
 from data.records import TaskRecord
 from data.teacher_set import CodePair, distill_row, pair_record, parse_pairs, recode_row, to_jsonl
 from jobs.evaluation.api_check import check_api
@@ -138,7 +138,8 @@ def run_teacher(records: list[TaskRecord], options: Options, backend: Backend, e
     codes, raw = answer(records, options.strategy, backend)
     files = {"pairs.jsonl": to_jsonl(data.recode), "distill.jsonl": to_jsonl(data.distill),
              "candidates.jsonl": to_jsonl(data.candidates), "answers.jsonl": to_jsonl(raw)}
-    return MethodOutput(codes=codes, metrics={**data.counts, **backend.stats().as_metrics()}, files=files)
+    return MethodOutput(codes=codes, metrics={**data.counts, **backend.stats().as_metrics()}, files=files,
+                        shows_update=shows_update(options.strategy))
 
 
 def predict(records: list[TaskRecord], options: Options, context: MethodContext) -> MethodOutput:

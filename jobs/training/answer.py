@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from data.prompts import build_messages
+from data.prompts import build_messages, shows_update
 from data.records import TaskRecord
 from jobs.inference.answers import codes_from_texts
 from jobs.inference.generation import GenerationOptions
@@ -55,4 +55,5 @@ def method_output(records: Sequence[TaskRecord], outcome: TrainOutcome, options:
     return MethodOutput(
         codes=codes, train_time_s=outcome.train_time_s, metrics=metrics, diverged=diverged,
         files={"training.json": json.dumps(summary, indent=2) + "\n"},
+        shows_update=shows_update(options.strategy),
     )

@@ -29,7 +29,8 @@ against the record's tests in the sandbox; every completion of one GRPO step goe
            + w_new   * [the update's new API is used]  (jobs.evaluation.api_check; unknown counts 0)
            - w_old   * [the deprecated API is still used]
 
-Code that does not parse is not executed (it scores only its API terms, which are then unknown: 0).
+Code that does not parse is not executed (it scores only its API terms, which are then unknown: 0); a
+completion with no code at all (blank, prose without a block, an empty block) scores 0.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from jobs.evaluation.metrics import edit_similarity, strip_comments, syntax_ok
+from jobs.evaluation.metrics import edit_similarity, has_code, strip_comments, syntax_ok
 from jobs.sandbox.executor import ExecResult, Executor, Program
 
 _FORMAT = re.compile(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", re.S)
@@ -70,7 +71,7 @@ def recode_score(text: str, reference: str, metric: str = "es") -> float:
     """ReCode's reward for one completion (formula in the module docstring); ``metric`` is ``es`` or ``em``."""
     score = format_score(text)
     code = first_python_block(text)
-    if code is None or not syntax_ok(code):
+    if code is None or not has_code(code) or not syntax_ok(code):  # an empty block is no code either
         return score + NO_CODE
     if metric == "em":
         return score + (EM_HIT if strip_comments(code) == strip_comments(reference) else EM_MISS)
@@ -155,8 +156,9 @@ class ExecutionReward:
             raise ValueError("execution reward needs 'code_prefix' and 'tests' columns in the GRPO dataset")
         new_api = list(new_api) or [None] * n
         old_api = list(old_api) or [None] * n
-        codes = [extract_code(completion_text(c)) for c in completions]
-        parsed = [syntax_ok(code) for code in codes]
+        codes = [extract_code(completion_text(c)) or "" for c in completions]
+        # A blank or code-less completion earns nothing: no run, no API terms (an empty program "runs").
+        parsed = [has_code(code) and syntax_ok(code) for code in codes]
         # One batch for the whole step; identical programs (common within a GRPO group) run once.
         unique: dict[Program, int] = {}
         owners: list[list[int]] = []
