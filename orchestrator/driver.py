@@ -53,6 +53,27 @@ def start_ray(spec: ExperimentSpec, address: str | None, run_id: str = "") -> No
         ray.init(num_cpus=spec.resources.num_cpus, **kwargs)
 
 
+def _record_model(spec: ExperimentSpec, run_dir: Path, echo: Callable[[str], None]) -> None:
+    """Write ``model.json``: the resolved model (directory, GGUF hash) and the prompt format it is asked in.
+
+    Resolving also builds or converts the model once, here, before tasks and workers race to do it.
+    A model that cannot be resolved on the driver (a hub id offline) is recorded as such: the jobs that
+    need it fail on their own, the others run.
+    """
+    from jobs.inference.models import describe_model
+
+    target = run_dir / "model.json"
+    if target.exists():
+        return
+    try:
+        info = describe_model(spec.model.model_dump())
+        echo(f"model: {spec.model.name} ({info['prompt_format']} prompts) at {info['path']}")
+    except (OSError, ValueError) as exc:
+        info = {"spec": spec.model.model_dump(), "error": str(exc).splitlines()[0]}
+        echo(f"model: {spec.model.name} not resolved on the driver: {info['error']}")
+    atomic_write_json(target, info)
+
+
 def _load_records(spec: ExperimentSpec) -> dict[str, list]:
     out = {}
     for ds in spec.datasets:
@@ -85,6 +106,7 @@ def run_experiment(
     if not todo:
         echo("all jobs already done")
         return manifest
+    _record_model(spec, run_dir, echo)
 
     start_ray(spec, address, run_dir.name)
     pool = SandboxPool.start(

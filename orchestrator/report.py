@@ -10,11 +10,18 @@ from typing import Any
 from data.io import atomic_write_bytes, atomic_write_text
 from orchestrator.manifest import Manifest
 
-COLUMNS = ("n", "syntax_ok", "exec_ok", "pass@1", "exact_match", "edit_sim", "api_ok")
+COLUMNS = ("n", "answered", "syntax_ok", "exec_ok", "pass@1", "exact_match", "edit_sim", "api_ok")
 OPTIONAL = ("unsupported", "train_time_s")  # shown only where some job has them, like pass@k for k > 1
 # Knowledge-editing scores (teacher-forced "tf_" as EasyEdit reports them, and by free generation "gen_").
 EDITING = ("n_edits", "tf_efficacy", "tf_generalization", "tf_locality", "gen_efficacy", "gen_generalization",
            "gen_locality", "seconds_per_edit")
+
+
+METRIC_NOTE = (
+    "Every rate is over all `n` records: a record without an answer, or whose answer holds no code, fails every "
+    "metric; `answered` counts the records that got code. `exec_ok`: the code ran and defined what the tests "
+    "call. `api_ok`: new API used and old one gone, over the records where that is decidable statically "
+    "(n/a otherwise).")
 
 
 def load_metrics(run_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
@@ -25,7 +32,7 @@ def load_metrics(run_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
 def _fmt(key: str, value: Any) -> str:
     if value is None:
         return "n/a"
-    if key in ("n", "unsupported", "n_edits"):
+    if key in ("n", "answered", "unsupported", "n_edits"):
         return str(int(value))
     if key.endswith("_s"):
         return f"{value:.1f}"
@@ -36,7 +43,7 @@ def results_table(metrics: dict, manifest: Manifest) -> str:
     """Markdown table: one row per job, in the manifest's (= the spec's) order."""
     pass_k = sorted({k for per_ds in metrics.values() for v in per_ds.values() for k in v
                      if k.startswith("pass@") and k != "pass@1"}, key=lambda k: int(k[5:]))
-    columns = list(COLUMNS[:4]) + pass_k + list(COLUMNS[4:]) + [c for c in OPTIONAL if _any_has(metrics, c)]
+    columns = list(COLUMNS[:5]) + pass_k + list(COLUMNS[5:]) + [c for c in OPTIONAL if _any_has(metrics, c)]
     lines = ["| method | dataset | state | " + " | ".join(columns) + " |", "|---" * (3 + len(columns)) + "|"]
     for job_id, job in manifest.jobs.items():
         method, _, dataset = job_id.partition("__")
@@ -97,6 +104,12 @@ def render_report(run_dir: Path) -> str:
     metrics = load_metrics(run_dir)
     parts = [f"# {manifest.data['experiment']} — run {manifest.data['run_id']}", "", results_table(metrics, manifest)]
     failures = [(jid, j.get("error", "")) for jid, j in manifest.jobs.items() if j["state"] in ("failed", "diverged")]
+    warnings = [f"- `{m}` on `{ds}` trained on the records it is scored on (`train_data` empty or `self`): its "
+                f"numbers measure memorisation, not migration" for m, per_ds in metrics.items()
+                for ds, v in per_ds.items() if v and v.get("trains_on_eval_records")]
+    if warnings:
+        parts += ["", "## Warnings", ""] + warnings
+    parts += ["", METRIC_NOTE]
     editing = editing_table(metrics)
     if editing:
         parts += ["", "## Knowledge editing", "", editing]

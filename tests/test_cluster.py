@@ -237,7 +237,7 @@ def test_submitted_quickstart_succeeds_with_named_work_and_metrics(ray_head, tmp
         str(VENV_BIN / "ray"), "job", "submit", "--address", ray_head["address"], "--working-dir", ".",
         "--submission-id", job_id, "--metadata-json", json.dumps({"job_name": "apimig quickstart"}),
         "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--no-wait",
-        "--", "python", "-m", "orchestrator", "run", "experiments/quickstart.yaml",
+        "--", "python", "-m", "orchestrator", "run", "experiments/smoke.yaml",
     ]
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
@@ -264,11 +264,11 @@ def test_submitted_quickstart_succeeds_with_named_work_and_metrics(ray_head, tmp
     assert status == JobStatus.SUCCEEDED, logs[-4000:]
 
     # Results landed where we asked (not in Ray's temporary copy of the working directory).
-    runs = list(artifacts.glob("quickstart/*/manifest.json"))
+    runs = list(artifacts.glob("smoke/*/manifest.json"))
     assert len(runs) == 1, logs[-2000:]
     run_dir = runs[0].parent
     assert f"run directory: file://{run_dir}" in logs and "| reference | migrations | done |" in logs
-    assert (tmp_path / "staging" / "quickstart" / run_dir.name / "manifest.json").is_file()
+    assert (tmp_path / "staging" / "smoke" / run_dir.name / "manifest.json").is_file()
     assert not [p.name for p in run_dir.rglob(".*")], "no temp files at the destination"
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert {j["state"] for j in manifest["jobs"].values()} == {"done"}

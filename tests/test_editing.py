@@ -207,3 +207,23 @@ def test_serial_and_ray_parallel_batches_give_identical_weights(fact_model):
         for name in a.deltas:
             assert torch.equal(a.deltas[name], b.deltas[name]), name
         assert any(d.abs().sum() > 0 for d in a.deltas.values())
+
+
+def test_stopped_forward_captures_the_same_keys_and_runs_nothing_above():
+    from contextlib import suppress
+
+    from jobs.editing.modules import StopForward, captured
+
+    model, tok = _small("llama")
+    batch = tok(["replace DataFrame.append", "replace np.product with"], return_tensors="pt", padding=True)
+    name, above = "model.layers.0.mlp.down_proj", "model.layers.1.mlp"
+    with torch.no_grad(), captured(model, [name], "input") as full:
+        model(**batch)
+    ran_above = []
+    handle = model.get_submodule(above).register_forward_hook(lambda *a: ran_above.append(1))
+    try:
+        with torch.no_grad(), captured(model, [name], "input", stop=True) as early, suppress(StopForward):
+            model(**batch)
+    finally:
+        handle.remove()
+    assert torch.equal(full[name], early[name]) and not ran_above

@@ -166,3 +166,12 @@ def test_hf_backend_on_a_ray_cpu_actor_matches_in_process(records):
         backend.close()
     finally:
         ray.shutdown()
+
+
+def test_an_answer_is_complete_when_its_block_closes():
+    from data.prompts import answer_complete
+
+    assert not answer_complete("```python\nx = 1\n", "basic")
+    assert answer_complete("```python\nx = 1\n```", "basic")
+    assert not answer_complete("Reasoning... ```python\nold()\n```\nso", "cot")  # cot's answer is the last block
+    assert answer_complete("<think>t</think><answer>```python\nx\n```</answer>", "cot")

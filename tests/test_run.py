@@ -25,14 +25,15 @@ def _run_dir(stdout: str) -> Path:
     return Path(line.removeprefix("run directory: "))
 
 
-def test_quickstart_end_to_end(in_repo, tmp_path):
+def test_smoke_run_end_to_end(in_repo, tmp_path):
+    """Every method family through the CLI with the tiny model (experiments/smoke.yaml: the plumbing)."""
     artifacts = tmp_path / "artifacts"
-    proc = _cli("run", "experiments/quickstart.yaml", "--artifacts", str(artifacts), cwd=in_repo)
+    proc = _cli("run", "experiments/smoke.yaml", "--artifacts", str(artifacts), cwd=in_repo)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     run_dir = _run_dir(proc.stdout)
-    assert run_dir.parent.name == "quickstart" and run_dir.parent.parent == artifacts
+    assert run_dir.parent.name == "smoke" and run_dir.parent.parent == artifacts
 
-    for name in ("spec.yaml", "manifest.json", "metrics.json", "report.md", "plots/pass_at_1.png"):
+    for name in ("spec.yaml", "manifest.json", "metrics.json", "model.json", "report.md", "plots/pass_at_1.png"):
         assert (run_dir / name).is_file(), name
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert {j["state"] for j in manifest["jobs"].values()} == {"done"}

@@ -307,3 +307,29 @@ def test_an_unanswered_verdict_times_out_once_and_training_goes_on(tmp_path):
     answered = Verdict(tmp_path / "other", timeout_s=5)
     answered.grant(8)
     assert answered.wait(4) and answered.wait(8) and not answered.unanswered
+
+
+def test_training_on_the_evaluated_records_is_explicit_and_flagged(tmp_path):
+    from data.io import atomic_write_json
+    from jobs.training.data import training_records, trains_on_eval_records
+    from orchestrator.manifest import Manifest
+    from orchestrator.report import render_report
+
+    evaluated = load_migrations(split="test")[:3]
+    assert training_records([], evaluated) == evaluated and trains_on_eval_records([])
+    mixed = training_records([TrainDataSource(kind="self"), TrainDataSource(kind="migrations", split="train",
+                                                                            limit=2)], evaluated)
+    assert mixed[:3] == evaluated and len(mixed) == 5
+    assert not trains_on_eval_records([TrainDataSource(kind="migrations", split="train")])
+    with pytest.raises(ValidationError, match="self"):
+        TrainDataSource(kind="self", limit=3)
+
+    manifest = Manifest.create(tmp_path, "r1", "x", ["sft__migrations", "sft-held-out__migrations"])
+    for job in manifest.jobs:
+        manifest.update(job, "done")
+    atomic_write_json(tmp_path / "metrics.json", {
+        "sft": {"migrations": {"n": 3, "pass@1": 1.0, "trains_on_eval_records": 1.0}},
+        "sft-held-out": {"migrations": {"n": 3, "pass@1": 0.3}}})
+    report = render_report(tmp_path)
+    assert "`sft` on `migrations` trained on the records it is scored on" in report
+    assert "`sft-held-out`" not in report.split("## Warnings")[1].split("\n\n")[1]

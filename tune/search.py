@@ -34,11 +34,9 @@ class TrialRow:
 
 
 def num_layers(model: dict) -> int:
-    from transformers import AutoConfig
+    from jobs.inference.models import load_config
 
-    from jobs.inference.models import model_path
-
-    return AutoConfig.from_pretrained(model_path(model), revision=model.get("revision")).num_hidden_layers
+    return load_config(model).num_hidden_layers
 
 
 def _trainable(setup: TrialSetup):

@@ -108,6 +108,17 @@ def extract_code(text: str, last: bool = False) -> str | None:
     return body + "\n" if body.strip() else None
 
 
+def answer_complete(text: str, strategy: str = "basic") -> bool:
+    """Whether generation can stop: the answer's code block has closed (or ReCode's ``</answer>`` came).
+
+    ``cot`` reasons first and may quote code before its answer, so only ``</answer>`` ends it early;
+    whatever follows the stop point is prose nobody reads (:func:`extract_code` never looks past it).
+    """
+    if "</answer>" in text:
+        return True
+    return strategy not in LAST_BLOCK and text.count("```") >= 2
+
+
 def extract_answer(text: str, strategy: str = "basic") -> str | None:
     """:func:`extract_code` as ``strategy`` asks for it (the last block for ``cot``)."""
     return extract_code(text, last=strategy in LAST_BLOCK)

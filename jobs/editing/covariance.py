@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+from contextlib import suppress
 from pathlib import Path
 from typing import Sequence
 
@@ -24,7 +25,7 @@ import torch
 
 from data.io import atomic_write_bytes
 from jobs.editing.hparams import EditHParams
-from jobs.editing.modules import captured
+from jobs.editing.modules import StopForward, captured
 
 STATS_ENV = "APIMIG_STATS_DIR"
 _MEMORY: dict[str, torch.Tensor] = {}
@@ -133,7 +134,7 @@ def _compute(model, tokenizer, names: Sequence[str], hp: EditHParams, batch_size
             batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
                               truncation=True, max_length=max_length).to(model.device)
             mask = batch["attention_mask"].bool()
-            with torch.no_grad(), captured(model, names, "input") as store:
+            with torch.no_grad(), captured(model, names, "input", stop=True) as store, suppress(StopForward):
                 model(**batch)
             for name in names:
                 keys = store[name][mask].to(dtype)  # (tokens, dim), padding dropped

@@ -89,17 +89,33 @@ def _first(out):
     return out[0] if isinstance(out, tuple) else out
 
 
+class StopForward(Exception):
+    """Raised by :func:`captured` with ``stop=True`` once every named module has been seen."""
+
+
 @contextmanager
-def captured(model, names: Sequence[str], what: str = "output") -> Iterator[dict[str, torch.Tensor]]:
-    """Record each named module's input (first positional arg) or output during forwards in the block."""
+def captured(model, names: Sequence[str], what: str = "output", stop: bool = False
+             ) -> Iterator[dict[str, torch.Tensor]]:
+    """Record each named module's input (first positional arg) or output during forwards in the block.
+
+    ``stop``: end each forward with :class:`StopForward` as soon as every module was recorded (as ROME's
+    ``nethook.Trace(stop=True)``): statistics of layer 6 need neither the layers above it nor the LM head.
+    The caller catches it (``with suppress(StopForward): model(...)``).
+    """
     store: dict[str, torch.Tensor] = {}
     handles = []
+
+    def record(name: str, value: torch.Tensor) -> None:
+        store[name] = value
+        if stop and len(store) == len(names):
+            raise StopForward
+
     for name in names:
         mod = module(model, name)
         if what == "input":
-            handles.append(mod.register_forward_pre_hook(lambda m, args, n=name: store.__setitem__(n, args[0])))
+            handles.append(mod.register_forward_pre_hook(lambda m, args, n=name: record(n, args[0])))
         else:
-            handles.append(mod.register_forward_hook(lambda m, a, out, n=name: store.__setitem__(n, _first(out))))
+            handles.append(mod.register_forward_hook(lambda m, a, out, n=name: record(n, _first(out))))
     try:
         yield store
     finally:

@@ -26,16 +26,39 @@ class GenerationOptions(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     num_samples: PositiveInt = 1  # answers per prompt (pass@k)
     batch_size: PositiveInt = 8  # local generation: prompts per generate() call
+    # Local generation: end a sequence once its answer is complete (data.prompts.answer_complete), not
+    # at max_new_tokens; the tokens before the stop point are the same either way.
+    stop_at_answer: bool = True
 
 
 def render(tokenizer, messages: Sequence[dict]) -> str:
     return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
 
 
+class AnswerComplete:
+    """A transformers stopping criterion: per sequence, true once its new text holds a complete answer."""
+
+    def __init__(self, tokenizer, prompt_length: int, strategy: str):
+        self.tokenizer, self.prompt_length, self.strategy = tokenizer, prompt_length, strategy
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        from data.prompts import answer_complete
+
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length:], skip_special_tokens=True)
+        return torch.tensor([answer_complete(t, self.strategy) for t in texts], device=input_ids.device)
+
+
 def generate(model, tokenizer, chats: Sequence[Sequence[dict]], settings: GenerationOptions = GenerationOptions(),
-             seed: int = 0) -> list[list[str]]:
-    """``num_samples`` completions (decoded, prompt removed) for each chat, in order; ``seed`` fixes sampling."""
+             seed: int = 0, strategy: str | None = None) -> list[list[str]]:
+    """``num_samples`` completions (decoded, prompt removed) for each chat, in order; ``seed`` fixes sampling.
+
+    With ``strategy`` (the prompt's) and ``settings.stop_at_answer``, each sequence ends when its answer
+    is complete instead of running to ``max_new_tokens``.
+    """
     import torch
+    from transformers import StoppingCriteriaList
 
     texts = [render(tokenizer, chat) for chat in chats]
     side = tokenizer.padding_side
@@ -48,8 +71,12 @@ def generate(model, tokenizer, chats: Sequence[Sequence[dict]], settings: Genera
             batch = tokenizer(texts[start:start + settings.batch_size], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(model.device)
             torch.manual_seed(seed + start)
+            stops = None
+            if strategy is not None and settings.stop_at_answer:
+                stops = StoppingCriteriaList([AnswerComplete(tokenizer, batch["input_ids"].shape[1], strategy)])
             with torch.no_grad():
                 ids = model.generate(
+                    stopping_criteria=stops,
                     **batch,
                     max_new_tokens=settings.max_new_tokens,
                     do_sample=sample,

@@ -46,7 +46,8 @@ def build_trainer(setup):
     dtype = str(torch_dtype(teacher["dtype"], setup.job.use_gpu)).removeprefix("torch.")
     config = DistillationConfig(
         **setup.args, temperature=o.temperature, beta=o.beta, max_completion_length=o.max_completion_length,
-        teacher_model_revision=teacher["revision"], teacher_model_init_kwargs={"dtype": dtype},
+        teacher_model_revision=teacher["revision"],
+        teacher_model_init_kwargs={"dtype": dtype, "trust_remote_code": teacher["trust_remote_code"]},
     )
     return DistillationTrainer(model=setup.load_model(), teacher_model=model_path(teacher), args=config,
                                train_dataset=setup.train_dataset, eval_dataset=setup.eval_dataset,
@@ -55,12 +56,9 @@ def build_trainer(setup):
 
 def check_vocabularies(student: dict, teacher: dict) -> None:
     """One clear error before any worker starts when the teacher's vocabulary differs from the student's."""
-    from transformers import AutoConfig
+    from jobs.inference.models import load_config
 
-    from jobs.inference.models import model_path
-
-    sizes = [AutoConfig.from_pretrained(model_path(m), revision=m.get("revision")).get_text_config().vocab_size
-             for m in (student, teacher)]
+    sizes = [load_config(m).get_text_config().vocab_size for m in (student, teacher)]
     if sizes[0] != sizes[1]:
         raise ValueError(f"distill: teacher '{teacher['name']}' has vocab_size {sizes[1]}, the student "
                          f"'{student.get('name')}' {sizes[0]}: logit distillation needs a shared vocabulary")

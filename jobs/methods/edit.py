@@ -96,7 +96,8 @@ def answer(model, tokenizer, records: list[TaskRecord], options: Options, seed: 
     from jobs.inference.answers import codes_from_texts
     from jobs.inference.generation import generate
 
-    outs = generate(model, tokenizer, [build_messages(r, options.strategy) for r in records], options.generation, seed)
+    chats = [build_messages(r, options.strategy) for r in records]
+    outs = generate(model, tokenizer, chats, options.generation, seed, options.strategy)
     return codes_from_texts(outs, options.strategy)
 
 

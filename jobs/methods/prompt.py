@@ -65,7 +65,7 @@ def chats_for(records: Sequence[TaskRecord], strategy: str, ruleset=None) -> lis
 def answer(records: Sequence[TaskRecord], strategy: str, backend: Backend, ruleset=None
            ) -> tuple[list[str | list[str] | None], list[dict]]:
     """Codes for ``records`` (a list of samples per record when the backend samples several) and raw answers."""
-    replies = backend.generate(chats_for(records, strategy, ruleset))
+    replies = backend.generate(chats_for(records, strategy, ruleset), strategy)
     raw = [{"id": rec.id, "answers": list(texts)} for rec, texts in zip(records, replies)]
     return codes_from_texts(replies, strategy), raw
 

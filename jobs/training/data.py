@@ -31,6 +31,8 @@ def load_sources(sources: Sequence[TrainDataSource]) -> list[TaskRecord]:
 
     records: list[TaskRecord] = []
     for i, src in enumerate(sources):
+        if src.kind == "self":
+            continue  # added by training_records
         kind = "recode" if src.kind == "teacher" else src.kind
         try:
             records += load_dataset(kind, src.path, src.limit, split=src.split)
@@ -60,8 +62,14 @@ def preference_rows(records: Sequence[TaskRecord], strategy: str = "basic") -> l
     ]
 
 
+def trains_on_eval_records(sources: Sequence[TrainDataSource]) -> bool:
+    return not sources or any(src.kind == "self" for src in sources)
+
+
 def training_records(sources: Sequence[TrainDataSource], eval_records: Sequence[TaskRecord]) -> list[TaskRecord]:
-    return load_sources(sources) if sources else list(eval_records)
+    """The spec's training records; the evaluated ones where ``train_data`` is empty or names ``self``."""
+    own = list(eval_records) if trains_on_eval_records(sources) else []
+    return own + load_sources(sources)
 
 
 def to_dataset(rows: list[dict], what: str):

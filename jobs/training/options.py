@@ -49,10 +49,11 @@ class DeepSpeedOptions(_Strict):
 class TrainDataSource(_Strict):
     """Where training examples come from: a dataset kind (see ``data.registry``) or a teacher-generated set.
 
-    ``teacher`` is a ReCode-format JSONL written by a teacher model (text-level distillation).
+    ``teacher`` is a ReCode-format JSONL written by a teacher model (text-level distillation). ``self`` is
+    the records being evaluated: training on the test set, a smoke setting the report flags.
     """
 
-    kind: Literal["migrations", "codeupdatearena", "recode", "teacher"]
+    kind: Literal["migrations", "codeupdatearena", "recode", "teacher", "self"]
     path: str | None = None
     limit: PositiveInt | None = None
     split: Literal["train", "test"] | None = None  # built-in migrations: train = each case's first variant
@@ -61,6 +62,8 @@ class TrainDataSource(_Strict):
     def _check(self) -> "TrainDataSource":
         if self.split is not None and self.kind != "migrations":
             raise ValueError(f"split: only the built-in migrations have splits, not '{self.kind}'")
+        if self.kind == "self" and (self.path or self.limit):
+            raise ValueError("self: the evaluated records themselves; path and limit do not apply")
         if self.kind in ("recode", "teacher") and self.path is None:
             raise ValueError(f"path: training data of kind '{self.kind}' needs a path")
         return self
@@ -81,7 +84,8 @@ class TrainingOptions(MethodOptions):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     adapter: AdapterOptions = Field(default_factory=AdapterOptions)
-    # Empty: train on the records of the dataset being evaluated (a smoke setting: it tests on its training set).
+    # Empty (or [{kind: self}]): train on the records being evaluated, i.e. test on the training set; the
+    # job's metrics say so (trains_on_eval_records) and the report warns.
     train_data: list[TrainDataSource] = Field(default_factory=list)
     learning_rate: float = Field(2e-4, gt=0)
     epochs: float = Field(1.0, gt=0)

@@ -89,11 +89,11 @@ class WorkerSetup:
         """The base model (bf16 on a GPU that has it). Create your *Config first: ZeRO-3 needs it to exist."""
         from transformers import AutoModelForCausalLM
 
-        from jobs.inference.models import model_path, torch_dtype
+        from jobs.inference.models import load_kwargs, model_path, torch_dtype
 
         spec = self.job.model
         return AutoModelForCausalLM.from_pretrained(
-            model_path(spec), revision=spec.get("revision"), dtype=torch_dtype(spec.get("dtype"), self.job.use_gpu)
+            model_path(spec), dtype=torch_dtype(spec.get("dtype"), self.job.use_gpu), **load_kwargs(spec)
         )
 
 
@@ -192,7 +192,10 @@ def common_args(o: TrainingOptions, output_dir: str, seed: int, use_gpu: bool) -
     from jobs.training.deepspeed_config import deepspeed_config
 
     bf16 = use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    # On a CPU memory is not the limit and recomputing activations costs ~30% of a step: no checkpointing.
+    cpu_only = {} if use_gpu else {"gradient_checkpointing": False}
     return dict(
+        **cpu_only,
         output_dir=output_dir,
         learning_rate=o.learning_rate,
         num_train_epochs=o.epochs,
@@ -226,10 +229,10 @@ def train_worker(config: dict) -> None:
     import ray.train
     import torch
     from ray.train import Checkpoint
-    from transformers import AutoConfig, set_seed
+    from transformers import set_seed
 
     from jobs import telemetry
-    from jobs.inference.models import load_tokenizer, model_path
+    from jobs.inference.models import load_config, load_tokenizer
     from jobs.training.adapters import lora_config, parameter_counts
     from jobs.training.guards import EVAL_KEYS, CheckpointReport, DivergenceGuard, FaultInjection, StepProgress, Verdict
 
@@ -246,7 +249,7 @@ def train_worker(config: dict) -> None:
         set_seed(job.seed)
         from datasets import Dataset
 
-        num_layers = AutoConfig.from_pretrained(model_path(job.model)).num_hidden_layers
+        num_layers = load_config(job.model).num_hidden_layers
         train_rows, eval_rows = validation_split(job.rows, job.options, job.seed)
         setup = WorkerSetup(
             job=job, train_dataset=Dataset.from_list(train_rows), tokenizer=load_tokenizer(job.model),

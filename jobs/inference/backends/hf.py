@@ -31,8 +31,9 @@ class GenerationWorker:
 
         self.model, self.tokenizer = load_model(model_spec, use_gpu=use_gpu)
 
-    def generate(self, chats: Sequence[Sequence[dict]], settings: GenerationOptions, seed: int) -> list[list[str]]:
-        return generate(self.model, self.tokenizer, chats, settings, seed)
+    def generate(self, chats: Sequence[Sequence[dict]], settings: GenerationOptions, seed: int,
+                 strategy: str | None = None) -> list[list[str]]:
+        return generate(self.model, self.tokenizer, chats, settings, seed, strategy)
 
 
 class HFBackend:
@@ -68,13 +69,14 @@ class HFBackend:
         cls = ray.remote(**resources)(GenerationWorker)
         return [cls.remote(self.model_spec, self.use_gpu) for _ in range(n)]
 
-    def generate(self, chats: Sequence[Sequence[dict]]) -> list[list[str | None]]:
+    def generate(self, chats: Sequence[Sequence[dict]], strategy: str | None = None) -> list[list[str | None]]:
+        """Answers per chat; ``strategy`` (the prompts') lets each sequence stop once its answer is complete."""
         chats = [list(c) for c in chats]
         n = min(self.actor_count(), len(chats))
         if n == 0:
             if self._local is None:
                 self._local = GenerationWorker(self.model_spec, self.use_gpu)
-            out = self._local.generate(chats, self.generation, self.seed)
+            out = self._local.generate(chats, self.generation, self.seed, strategy)
         else:
             import ray
 
@@ -82,7 +84,7 @@ class HFBackend:
                 self.close()
                 self._actors = self._start_actors(n)
             size = -(-len(chats) // n)
-            refs = [a.generate.remote(chats[i * size:(i + 1) * size], self.generation, self.seed)
+            refs = [a.generate.remote(chats[i * size:(i + 1) * size], self.generation, self.seed, strategy)
                     for i, a in enumerate(self._actors[:n]) if chats[i * size:(i + 1) * size]]
             out = [answers for part in ray.get(refs) for answers in part]
         with self._lock:

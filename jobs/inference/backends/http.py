@@ -118,8 +118,10 @@ class HttpBackend:
         raise NotImplementedError
 
     # -- the interface ----------------------------------------------------------------------------
-    def generate(self, chats: Sequence[Sequence[dict]]) -> list[list[str | None]]:
-        """``num_samples`` answers per chat, in order; ``None`` where a request failed after its retries."""
+    def generate(self, chats: Sequence[Sequence[dict]], strategy: str | None = None) -> list[list[str | None]]:
+        """``num_samples`` answers per chat, in order; ``None`` where a request failed after its retries.
+
+        ``strategy`` is accepted for the common interface; servers stop at their own end of answer."""
         n = self.generation.num_samples
         # Identical chats (records sharing a prompt) are asked once: concurrent twins would both miss the cache.
         first: dict[str, int] = {}
