@@ -20,7 +20,7 @@ from data.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from data.registry import load_dataset
 from jobs import telemetry
 from jobs.evaluation.job import EvalSettings, JobRequest, JobResult, run_eval_job
-from jobs.methods.registry import MethodContext
+from jobs.methods.registry import MethodContext, gpus_for
 from jobs.sandbox.pool import SandboxPool
 from jobs.sandbox.slots import Limits
 from orchestrator.manifest import Manifest
@@ -124,7 +124,8 @@ def run_experiment(
             while queue and len(running) < spec.resources.num_workers:
                 job = jobs[queue.pop(0)]
                 request = _request(spec, job, run_dir)
-                ref = eval_task.options(name=f"eval {job.method.name} x {job.dataset.name}").remote(
+                ref = eval_task.options(name=f"eval {job.method.name} x {job.dataset.name}",
+                                        **task_resources(spec, job)).remote(
                     request, record_refs[job.dataset.name], pool.for_job(job.method.name, job.dataset.name)
                 )
                 running[ref] = job.id
@@ -166,6 +167,16 @@ def _sync(mirror: RunMirror | None, echo: Callable[[str], None]) -> None:
 
 def _eval_task(request: JobRequest, records: list, pool: SandboxPool) -> JobResult:
     return run_eval_job(request, records, pool)
+
+
+def task_resources(spec: ExperimentSpec, job: PlannedJob) -> dict[str, float]:
+    """What a job's Ray task reserves: a CPU, and the GPU its method loads a model on (with ``use_gpu``).
+
+    Ray then sets ``CUDA_VISIBLE_DEVICES`` to the GPU it gave, so ``cuda`` in the task is that GPU;
+    without the reservation several jobs would share (and overfill) cuda:0.
+    """
+    gpus = gpus_for(job.method.kind, job.method.options, spec.resources.use_gpu)
+    return {"num_cpus": 1, "num_gpus": gpus} if gpus else {"num_cpus": 1}
 
 
 def _request(spec: ExperimentSpec, job: PlannedJob, run_dir: Path) -> JobRequest:

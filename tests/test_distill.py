@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -57,7 +60,10 @@ def test_tiny_to_tiny_distillation_trains_and_answers(tmp_path):
     finally:
         ray.shutdown()
     assert out.diverged is None
-    assert len(out.codes) == 4 and all(isinstance(c, str) for c in out.codes)
+    # The adapter answered every record; the random tiny model writes no code block, so its answers are no
+    # answer (None) through the one answer path. That answers improve is tests/test_real_model.py's job.
+    assert len(out.codes) == 4 and all(c is None or isinstance(c, str) for c in out.codes)
+    assert Path(json.loads(out.files["training.json"])["adapter_dir"]).is_dir()
     assert out.metrics["global_step"] == 2 and out.metrics["num_workers"] == 2 and out.train_time_s > 0
     assert 0 < out.metrics["trainable_params"] < out.metrics["total_params"]
     # the student is the teacher plus a zero-initialised adapter: the divergence starts at 0 and, after two

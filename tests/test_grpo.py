@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -86,7 +87,10 @@ def test_grpo_on_two_workers_with_the_runs_sandbox_pool_logs_rewards(tmp_path):
     finally:
         ray.shutdown()
     assert out.diverged is None
-    assert len(out.codes) == 2 and all(isinstance(c, str) for c in out.codes)
+    # The adapter answered every record; the random tiny model writes no code block, so its answers are no
+    # answer (None) through the one answer path. That answers improve is tests/test_real_model.py's job.
+    assert len(out.codes) == 2 and all(c is None or isinstance(c, str) for c in out.codes)
+    assert Path(json.loads(out.files["training.json"])["adapter_dir"]).is_dir()
     assert out.train_time_s > 0 and out.metrics["global_step"] == 2 and out.metrics["num_workers"] == 2
     assert 0 < out.metrics["trainable_params"] < out.metrics["total_params"]
     history = [json.loads(line) for line in out.files["rewards.jsonl"].splitlines()]

@@ -18,3 +18,15 @@ def test_edit_similarity_bounds():
 
 def test_strip_comments_drops_blank_lines():
     assert strip_comments("# head\n\nx = 1  # tail\n\n") == "x = 1"
+
+
+def test_names_the_tests_need_from_the_candidate():
+    from jobs.evaluation.metrics import defines, has_code, names_tests_need
+
+    tests = ["out = add_rows(pd.DataFrame(), x)\nassert out.empty\n", "for i in range(2):\n    check(i)\n"]
+    need = names_tests_need(tests, "import pandas as pd\nx = 1\ndef check(v):\n    pass\n")
+    assert need == {"add_rows"}  # pd, x and check come from the setup, range from builtins, out/i from the tests
+    assert defines("def add_rows(a, b):\n    return a\n", need) and not defines("y = 2\n", need)
+    assert names_tests_need(tests, "from helpers import *\n") == set()  # a star import: no guess
+    assert not has_code(None) and not has_code("") and not has_code("  \n# only a comment\n")
+    assert has_code("x = 1\n")

@@ -81,6 +81,8 @@ def names_tests_need(tests: tuple[str, ...] | list[str], prefix: str) -> set[str
     """Names the tests read but neither they, ``prefix`` (setup, update) nor builtins define: the candidate's job."""
     import builtins
 
+    if any("import *" in code for code in (prefix, *tests)):
+        return set()  # a star import binds names no static reading can list: do not guess
     need: set[str] = set()
     for test in tests:
         read, bound = _names(test)

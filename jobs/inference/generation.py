@@ -55,20 +55,24 @@ def generate(model, tokenizer, chats: Sequence[Sequence[dict]], settings: Genera
     """``num_samples`` completions (decoded, prompt removed) for each chat, in order; ``seed`` fixes sampling.
 
     With ``strategy`` (the prompt's) and ``settings.stop_at_answer``, each sequence ends when its answer
-    is complete instead of running to ``max_new_tokens``.
+    is complete instead of running to ``max_new_tokens``. Prompts are batched longest first, so a batch
+    holds prompts of similar length (little padding) and answers come back in the callers' order.
     """
     import torch
     from transformers import StoppingCriteriaList
 
     texts = [render(tokenizer, chat) for chat in chats]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
     sample = settings.temperature > 0
-    out: list[list[str]] = []
+    out: list[list[str]] = [[] for _ in texts]
     model.eval()
     try:
         for start in range(0, len(texts), settings.batch_size):
-            batch = tokenizer(texts[start:start + settings.batch_size], return_tensors="pt", padding=True,
+            members = order[start:start + settings.batch_size]
+            batch = tokenizer([texts[i] for i in members], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(model.device)
             torch.manual_seed(seed + start)
             stops = None
@@ -90,7 +94,8 @@ def generate(model, tokenizer, chats: Sequence[Sequence[dict]], settings: Genera
             new = ids[:, batch["input_ids"].shape[1]:]
             decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
             n = settings.num_samples
-            out += [decoded[i:i + n] for i in range(0, len(decoded), n)]
+            for j, i in enumerate(members):
+                out[i] = decoded[j * n:(j + 1) * n]
     finally:
         tokenizer.padding_side = side
     return out

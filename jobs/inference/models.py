@@ -266,6 +266,15 @@ def describe_model(model: dict[str, Any] | str) -> dict[str, Any]:
     return info
 
 
+def _ray_gpu_ids() -> list:
+    try:
+        import ray
+
+        return ray.get_gpu_ids() if ray.is_initialized() else []
+    except Exception:  # outside a Ray worker
+        return []
+
+
 def torch_dtype(name: str | None, use_gpu: bool):
     """``auto``: bf16 on a GPU that supports it, fp32 on CPU (CPU half precision is slow and fragile)."""
     import torch
@@ -281,7 +290,10 @@ def load_model(model: dict[str, Any] | str, *, use_gpu: bool = False):
     from transformers import AutoModelForCausalLM
 
     spec = _spec(model)
-    use_gpu = use_gpu and torch.cuda.is_available()
+    if use_gpu and not torch.cuda.is_available():
+        # Never silently on the CPU: under Ray this task was given no GPU (or the node has no CUDA torch).
+        raise RuntimeError(f"model '{spec.get('name')}': resources.use_gpu is set but this process sees no CUDA "
+                           f"device (Ray GPU ids here: {_ray_gpu_ids()})")
     lm = AutoModelForCausalLM.from_pretrained(model_path(spec), dtype=torch_dtype(spec.get("dtype"), use_gpu),
                                               **load_kwargs(spec))
     return lm.to("cuda" if use_gpu else "cpu"), load_tokenizer(spec)

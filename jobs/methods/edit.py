@@ -101,6 +101,11 @@ def answer(model, tokenizer, records: list[TaskRecord], options: Options, seed: 
     return codes_from_texts(outs, options.strategy)
 
 
+def gpus(options: Options) -> float:
+    """The merged model answers and is scored in the job's task; batch tasks hold ``gpus_per_task`` each."""
+    return options.gpus_per_task
+
+
 def predict(records: list[TaskRecord], options: Options, context: MethodContext) -> MethodOutput:
     from jobs.editing import scoring
     from jobs.editing.batches import backend_name, merge, run_batches

@@ -70,6 +70,11 @@ def answer(records: Sequence[TaskRecord], strategy: str, backend: Backend, rules
     return codes_from_texts(replies, strategy), raw
 
 
+def gpus(options: Options) -> float:
+    """With ``use_gpu``: the in-process hf model needs the task's GPU; actors and HTTP servers bring their own."""
+    return 1.0 if options.backend.kind == "hf" and not options.backend.workers else 0.0
+
+
 def predict(records: list[TaskRecord], options: Options, context: MethodContext) -> MethodOutput:
     ruleset = load_rules(options.rules_path) if options.strategy == "with_rules" else None
     backend = make_backend(options.backend, context.model, generation=options.generation, use_gpu=context.use_gpu,

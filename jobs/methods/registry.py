@@ -60,6 +60,19 @@ class MethodOutput:
     shows_update: bool = False
 
 
+def gpus_for(kind: str, options: dict[str, Any], use_gpu: bool) -> float:
+    """GPUs the job's own Ray task must hold: the kind's ``gpus(options)`` with ``use_gpu``, else 0.
+
+    A kind that loads a model in the job's process (prompting in-process, editing) defines ``gpus``; kinds
+    whose models run in Ray tasks or actors of their own (Ray Train workers, hf actors) return 0 there.
+    """
+    if not use_gpu:
+        return 0.0
+    module = method_module(kind)
+    fn = getattr(module, "gpus", None)
+    return float(fn(module.Options.model_validate(options))) if fn else 0.0
+
+
 def method_module(kind: str) -> ModuleType:
     if kind not in METHODS:
         raise KeyError(f"unknown method kind '{kind}' (known: {', '.join(sorted(METHODS))})")

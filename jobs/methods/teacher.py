@@ -142,6 +142,12 @@ def run_teacher(records: list[TaskRecord], options: Options, backend: Backend, e
                         shows_update=shows_update(options.strategy))
 
 
+def gpus(options: Options) -> float:
+    from jobs.methods.prompt import gpus as prompt_gpus
+
+    return prompt_gpus(options)
+
+
 def predict(records: list[TaskRecord], options: Options, context: MethodContext) -> MethodOutput:
     from jobs.sandbox.slots import Limits, SandboxExecutor
 

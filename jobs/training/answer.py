@@ -38,6 +38,27 @@ def answer(model, tokenizer, chats: Sequence[list[dict]], gen: GenerationOptions
     return generate(model, tokenizer, chats, gen, seed, strategy)
 
 
+def adapter_answers(model: dict, adapter_dir: Path, chats: Sequence[list[dict]], gen: GenerationOptions,
+                    seed: int, strategy: str, use_gpu: bool) -> list[list[str]]:
+    """Load base + adapter and answer ``chats`` (the body of the GPU task below)."""
+    lm, tokenizer = load_adapted(model, adapter_dir, use_gpu)
+    return answer(lm, tokenizer, chats, gen, seed, strategy)
+
+
+def answer_with_adapter(context: MethodContext, adapter_dir: Path, chats: Sequence[list[dict]],
+                        gen: GenerationOptions, strategy: str) -> list[list[str]]:
+    """The adapter's answers. With ``use_gpu`` under Ray they come from a task that holds one GPU of its
+    own, asked for only now: the job's task holds none, so on a one-GPU machine the Ray Train workers
+    had the GPU while training and the answers get it after."""
+    args = (context.model, adapter_dir, list(chats), gen, context.seed, strategy, context.use_gpu)
+    import ray
+
+    if context.use_gpu and ray.is_initialized():
+        task = ray.remote(num_gpus=1, num_cpus=1, max_retries=0)(adapter_answers)
+        return ray.get(task.options(name=f"answer {context.method or 'adapter'}").remote(*args))
+    return adapter_answers(*args)
+
+
 def method_output(records: Sequence[TaskRecord], outcome: TrainOutcome, options: TrainingOptions,
                   context: MethodContext, chats: Sequence[list[dict]] | None = None) -> MethodOutput:
     """Answers from the trained adapter; a diverged run answers nothing (its diagnosis is the result).
@@ -53,9 +74,8 @@ def method_output(records: Sequence[TaskRecord], outcome: TrainOutcome, options:
     diverged = outcome.diverged
     codes: list = [None] * len(records)
     if diverged is None and outcome.adapter_dir is not None and records:
-        model, tokenizer = load_adapted(context.model, outcome.adapter_dir, context.use_gpu)
         chats = chats if chats is not None else [build_messages(r, options.strategy) for r in records]
-        texts = answer(model, tokenizer, chats, options.generation, context.seed, options.strategy)
+        texts = answer_with_adapter(context, outcome.adapter_dir, chats, options.generation, options.strategy)
         diverged = degenerate_answers([t for samples in texts for t in samples])
         codes = codes_from_texts(texts, options.strategy)
     summary["diverged"] = diverged

@@ -49,7 +49,7 @@ class BackendConfig(BaseModel):
     cache: bool = True
     cache_dir: str | None = None  # default: $APIMIG_LLM_CACHE or ~/.cache/apimig/llm
     prices: dict[str, Price] = Field(default_factory=dict)
-    workers: int | None = Field(None, ge=0)  # hf: Ray actors; None = one per GPU with use_gpu, else in-process
+    workers: int | None = Field(None, ge=0)  # hf: N Ray actors (a GPU each with use_gpu); None/0: in the job's task
 
     @model_validator(mode="after")
     def _check(self) -> "BackendConfig":

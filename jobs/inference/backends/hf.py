@@ -2,12 +2,12 @@
 
 Placement (``workers`` in the config):
 
-- ``None`` (default): with ``use_gpu`` and GPUs in the Ray cluster, one actor
-  per GPU (``num_gpus=1`` each); otherwise generation runs in this process,
-  which already holds the CPU its Ray task reserved.
-- ``0``: always in this process.
-- ``N > 0``: N actors, each with a GPU when ``use_gpu`` (else one CPU each).
-  A Ray task blocked in ``ray.get`` gives its CPU back, so the actors can use it.
+- ``None`` or ``0`` (default): in this process, which already holds what its
+  Ray task reserved: a CPU, and with ``use_gpu`` the GPU the driver asked Ray
+  for on its behalf (the prompt method's :func:`gpus`).
+- ``N > 0``: N actors, each with a GPU when ``use_gpu`` (else one CPU each);
+  the task itself then reserves no GPU. A Ray task blocked in ``ray.get``
+  gives its CPU back, so the actors can use it.
 
 Chats are split into contiguous chunks, one per actor, and come back in
 order. Generation itself is :func:`jobs.inference.generation.generate` (batched, greedy
@@ -52,15 +52,7 @@ class HFBackend:
         self._lock = threading.Lock()
 
     def actor_count(self) -> int:
-        if self.config.workers is not None:
-            return self.config.workers
-        if not self.use_gpu:
-            return 0
-        import ray
-
-        if not ray.is_initialized():
-            return 0
-        return int(ray.cluster_resources().get("GPU", 0))
+        return self.config.workers or 0
 
     def _start_actors(self, n: int) -> list:
         import ray
