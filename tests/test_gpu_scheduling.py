@@ -4,6 +4,7 @@ GPU ids, so we can see which job processes were given one. No CUDA is needed: no
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import yaml
@@ -38,9 +39,14 @@ def _probe():
 def ray_with_one_gpu():
     import ray
 
+    from ray import cloudpickle
+
+    # Ray workers cannot import this test module: ship its probe functions by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
+    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 def test_model_loading_jobs_get_the_gpu_they_load_on(ray_with_one_gpu):
