@@ -117,3 +117,17 @@ def test_execution_reward_without_tests_scores_running_code():
         reward.close()  # an executor passed in is not the reward's to stop
         assert reward(prompts=["p"], completions=[block("x = 2\n")], code_prefix=[""], tests=[[]]) == [1.0]
     assert out == [1.0, 0.0]
+
+
+def test_a_completion_with_no_code_earns_nothing():
+    """Blank, prose-only and empty-block completions: no execution reward (an empty program 'runs') and
+    ReCode's no-code penalty, so a policy cannot learn to say nothing."""
+    blanks = ["", "   \n", "I would use the new API here.", block("\n"), block("# TODO\n")]
+    with SandboxExecutor(parallelism=1) as sandbox:
+        executor = CountingExecutor(sandbox)
+        reward = ExecutionReward(executor, ExecutionWeights(), timeout_s=10)
+        n = len(blanks)
+        out = reward(prompts=["p"] * n, completions=blanks, code_prefix=[""] * n, tests=[[]] * n,
+                     new_api=["math.isqrt"] * n, old_api=["math.sqrt"] * n)
+    assert out == [0.0] * len(blanks) and executor.calls == []
+    assert recode_score(block("\n"), REF) == recode_score("no code at all", REF) == -1.0 - 2.0
