@@ -18,6 +18,7 @@ and never imported (its ``__init__`` imports packages we do not install).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -55,6 +56,13 @@ def alias_file(alias: str) -> Path:
 
 
 def file_sha256(path: Path) -> str:
+    """The file's SHA-256, read once per file version: every load (model, tokenizer, config) resolves the path."""
+    stat = path.stat()
+    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -31,18 +31,13 @@ def load_adapted(model: dict, adapter_dir: Path, use_gpu: bool):
     return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload(), tokenizer
 
 
-def answer(model, tokenizer, chats: Sequence[list[dict]], gen: GenerationOptions, seed: int,
-           strategy: str) -> list[list[str]]:
-    from jobs.inference.generation import generate
-
-    return generate(model, tokenizer, chats, gen, seed, strategy)
-
-
 def adapter_answers(model: dict, adapter_dir: Path, chats: Sequence[list[dict]], gen: GenerationOptions,
                     seed: int, strategy: str, use_gpu: bool) -> list[list[str]]:
     """Load base + adapter and answer ``chats`` (the body of the GPU task below)."""
+    from jobs.inference.generation import generate
+
     lm, tokenizer = load_adapted(model, adapter_dir, use_gpu)
-    return answer(lm, tokenizer, chats, gen, seed, strategy)
+    return generate(lm, tokenizer, chats, gen, seed, strategy)
 
 
 def answer_with_adapter(context: MethodContext, adapter_dir: Path, chats: Sequence[list[dict]],
