@@ -20,11 +20,11 @@ from data.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from data.registry import load_dataset
 from jobs import telemetry
 from jobs.evaluation.job import EvalSettings, JobRequest, JobResult, run_eval_job
-from jobs.methods.registry import MethodContext, gpus_for
+from jobs.methods.registry import MethodContext, gpus_for, runs_model_in_task
 from jobs.sandbox.pool import SandboxPool
 from jobs.sandbox.slots import Limits
 from orchestrator.manifest import Manifest
-from orchestrator.plan import PlannedJob, plan_jobs
+from orchestrator.plan import PlannedJob, plan_jobs, run_order
 from orchestrator.spec import ExperimentSpec
 from orchestrator.storage import RunMirror
 
@@ -109,13 +109,15 @@ def run_experiment(
     _record_model(spec, run_dir, echo)
 
     start_ray(spec, address, run_dir.name)
+    limits = Limits(memory_mb=spec.eval.memory_mb, disk_mb=spec.eval.disk_mb, max_files=spec.eval.max_files)
     pool = SandboxPool.start(
-        size=spec.eval.pool_size, preload=spec.eval.preload, limits=Limits(memory_mb=spec.eval.memory_mb),
-        name=f"sandbox-{run_dir.name}",
+        size=spec.eval.pool_size, preload=spec.eval.preload, limits=limits, name=f"sandbox-{run_dir.name}",
+        wait=False,
     )
     record_refs = {name: ray.put(recs) for name, recs in records.items()}
     eval_task = ray.remote(num_cpus=1, max_retries=0)(_eval_task)
-    queue = list(todo)
+    cpus_per_job = _cpus_per_job(spec.resources.num_workers)
+    queue = [job.id for job in run_order([jobs[jid] for jid in todo])]
     running: dict = {}  # ObjectRef -> job id
     started_at: dict[str, float] = {}
     last_status = time.monotonic()
@@ -125,7 +127,7 @@ def run_experiment(
                 job = jobs[queue.pop(0)]
                 request = _request(spec, job, run_dir)
                 ref = eval_task.options(name=f"eval {job.method.name} x {job.dataset.name}",
-                                        **task_resources(spec, job)).remote(
+                                        **task_resources(spec, job, cpus_per_job)).remote(
                     request, record_refs[job.dataset.name], pool.for_job(job.method.name, job.dataset.name)
                 )
                 running[ref] = job.id
@@ -166,17 +168,37 @@ def _sync(mirror: RunMirror | None, echo: Callable[[str], None]) -> None:
 
 
 def _eval_task(request: JobRequest, records: list, pool: SandboxPool) -> JobResult:
+    import ray
+
+    cpus = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))
+    if cpus > 1:  # a worker process may have imported torch for an earlier 1-CPU task: set it again
+        import torch
+
+        torch.set_num_threads(cpus)
     return run_eval_job(request, records, pool)
 
 
-def task_resources(spec: ExperimentSpec, job: PlannedJob) -> dict[str, float]:
-    """What a job's Ray task reserves: a CPU, and the GPU its method loads a model on (with ``use_gpu``).
+def _cpus_per_job(num_workers: int) -> int:
+    """The cluster's CPUs shared among the jobs that run at once, at most one node's worth."""
+    import ray
 
-    Ray then sets ``CUDA_VISIBLE_DEVICES`` to the GPU it gave, so ``cuda`` in the task is that GPU;
-    without the reservation several jobs would share (and overfill) cuda:0.
+    total = ray.cluster_resources().get("CPU", 1)
+    largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
+    return max(1, int(min(largest, total // num_workers)))
+
+
+def task_resources(spec: ExperimentSpec, job: PlannedJob, cpus_per_job: int = 1) -> dict[str, float]:
+    """What a job's Ray task reserves: CPUs, and the GPU its method loads a model on (with ``use_gpu``).
+
+    A job that computes with a model in its own process (prompting in-process, editing) gets its share
+    of the cluster's CPUs (``cpus_per_job``: CPUs / ``resources.num_workers``) and uses them as torch
+    threads; other jobs (bookkeeping, or waiting on Ray Train workers and actors) take one. Ray sets
+    ``CUDA_VISIBLE_DEVICES`` to the GPU it gave, so ``cuda`` in the task is that GPU; without the
+    reservation several jobs would share (and overfill) cuda:0.
     """
+    cpus = cpus_per_job if runs_model_in_task(job.method.kind, job.method.options) else 1
     gpus = gpus_for(job.method.kind, job.method.options, spec.resources.use_gpu)
-    return {"num_cpus": 1, "num_gpus": gpus} if gpus else {"num_cpus": 1}
+    return {"num_cpus": cpus, "num_gpus": gpus} if gpus else {"num_cpus": cpus}
 
 
 def _request(spec: ExperimentSpec, job: PlannedJob, run_dir: Path) -> JobRequest:

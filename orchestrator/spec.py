@@ -99,6 +99,8 @@ class EvalSpec(_Strict):
     with_update: bool = True  # CodeUpdateArena: install the simulated update
     k: list[PositiveInt] = Field(default_factory=lambda: [1])  # pass@k reported where samples allow
     memory_mb: int = Field(4096, ge=64, le=1 << 20)  # per program, on top of the preloaded sandbox
+    disk_mb: int = Field(64, ge=1, le=1 << 20)  # everything one program writes (enforced as root)
+    max_files: int = Field(2048, ge=16, le=1 << 24)  # files one program may create (enforced as root)
     preload: list[str] = Field(default_factory=lambda: list(DEFAULT_PRELOAD))  # imported once per sandbox
     pool_size: PositiveInt | None = None  # sandbox actors; None = one per cluster CPU
     python_substitution: bool = True  # GitChameleon: run under this Python when the pinned one is missing

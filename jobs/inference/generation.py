@@ -25,10 +25,39 @@ class GenerationOptions(BaseModel):
     temperature: NonNegativeFloat = 0.0  # 0 = greedy
     top_p: float = Field(1.0, gt=0, le=1)
     num_samples: PositiveInt = 1  # answers per prompt (pass@k)
-    batch_size: PositiveInt = 8  # local generation: prompts per generate() call
+    # Local generation: prompts per generate() call; None = as many as the KV-cache budget allows
+    # (auto_batch_size). Decoding a small model is bound by reading its weights once per step, so on a
+    # CPU a batch of 32 costs little more per step than a batch of 8.
+    batch_size: PositiveInt | None = None
     # Local generation: end a sequence once its answer is complete (data.prompts.answer_complete), not
     # at max_new_tokens; the tokens before the stop point are the same either way.
     stop_at_answer: bool = True
+
+
+MAX_AUTO_BATCH = 64
+CPU_KV_BUDGET = 2 * 2**30  # bytes of KV cache a CPU job may hold; GPUs: a share of their free memory
+GPU_KV_SHARE = 0.3
+
+
+def auto_batch_size(model, tokens_per_sequence: int) -> int:
+    """Prompts per batch so that the batch's KV cache fits the device's budget (1..MAX_AUTO_BATCH)."""
+    config = getattr(model, "config", None)
+    layers = getattr(config, "num_hidden_layers", None)
+    heads = getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", None)
+    hidden, n_heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
+    if not (layers and heads and hidden and n_heads):
+        return 8
+    head_dim = getattr(config, "head_dim", None) or hidden // n_heads
+    param = next(model.parameters())
+    per_token = 2 * layers * heads * head_dim * param.element_size()  # keys and values, every layer
+    if param.device.type == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(param.device)
+        budget = GPU_KV_SHARE * free
+    else:
+        budget = CPU_KV_BUDGET
+    return max(1, min(MAX_AUTO_BATCH, int(budget // max(1, per_token * tokens_per_sequence))))
 
 
 def render(tokenizer, messages: Sequence[dict]) -> str:
@@ -68,10 +97,12 @@ def generate(model, tokenizer, chats: Sequence[Sequence[dict]], settings: Genera
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
     sample = settings.temperature > 0
     out: list[list[str]] = [[] for _ in texts]
+    longest = max(lengths, default=0) + settings.max_new_tokens
+    size = settings.batch_size or max(1, auto_batch_size(model, longest) // settings.num_samples)
     model.eval()
     try:
-        for start in range(0, len(texts), settings.batch_size):
-            members = order[start:start + settings.batch_size]
+        for start in range(0, len(texts), size):
+            members = order[start:start + size]
             batch = tokenizer([texts[i] for i in members], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(model.device)
             torch.manual_seed(seed + start)

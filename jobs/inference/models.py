@@ -262,8 +262,21 @@ def describe_model(model: dict[str, Any] | str) -> dict[str, Any]:
     if source.is_file():
         info["gguf"] = json.loads(source.read_text())
         info["sha256_prefix"] = Path(info["path"]).name.removeprefix("gguf-")
-    info["prompt_format"] = prompt_format(load_tokenizer(spec))
+    info["prompt_format"] = _local_prompt_format(spec, Path(info["path"])) or prompt_format(load_tokenizer(spec))
     return info
+
+
+def _local_prompt_format(spec: dict[str, Any], path: Path) -> str | None:
+    """The prompt format from a local model directory's files, without importing transformers (seconds on
+    the driver); None where only loading the tokenizer can tell (a hub id, remote code)."""
+    config = path / "tokenizer_config.json"
+    if not config.is_file() or spec.get("trust_remote_code"):
+        return None
+    has_template = (path / "chat_template.jinja").is_file() or bool(json.loads(config.read_text()).get("chat_template"))
+    fmt = spec.get("prompt_format", "auto")
+    if fmt == "chat" and not has_template:
+        raise ValueError(f"model '{spec.get('name')}': prompt_format: chat, but its tokenizer has no chat template")
+    return "plain" if fmt == "plain" or not has_template else "chat"
 
 
 def _ray_gpu_ids() -> list:

@@ -61,6 +61,10 @@ class Options(TrainingOptions):
     instruction: str = THINK_ANSWER  # appended to the system message; "" = the strategy's prompt as is
     executor: Literal["auto", "pool", "local"] = "auto"  # auto: the run's sandbox pool if there is one
     sandbox_slots: PositiveInt = 1  # local executor: sandbox servers per training worker
+    # Rollouts with vLLM colocated on each worker's GPU (TRL's use_vllm); where vLLM cannot run the
+    # trainer generates with transformers and the log says so.
+    use_vllm: bool = False
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)  # the rest stays for training
 
     @model_validator(mode="after")
     def _check(self) -> "Options":
@@ -121,6 +125,20 @@ def reward_log_callback(path: Path, rewards: list):
     return RewardLog()
 
 
+def vllm_settings(options: Options, use_gpu: bool) -> dict:
+    """GRPOConfig's vLLM arguments: colocated rollouts where vLLM can run, none (with a warning) elsewhere."""
+    if not options.use_vllm:
+        return {}
+    from jobs.inference.backends.vllm import vllm_unavailable, warn_fallback
+
+    reason = vllm_unavailable(use_gpu)
+    if reason is not None:
+        warn_fallback("grpo rollouts", reason)
+        return {}
+    return {"use_vllm": True, "vllm_mode": "colocate",
+            "vllm_gpu_memory_utilization": options.vllm_gpu_memory_utilization}
+
+
 def build_trainer(setup):
     from trl import GRPOConfig, GRPOTrainer
 
@@ -135,7 +153,7 @@ def build_trainer(setup):
     config = GRPOConfig(
         **setup.args, reward_weights=weights, num_generations=o.num_generations,
         max_completion_length=o.max_completion_length, temperature=o.temperature, beta=o.beta,
-        loss_type=o.loss_type,
+        loss_type=o.loss_type, **vllm_settings(o, setup.job.use_gpu),
     )
     trainer = GRPOTrainer(model=setup.load_model(), reward_funcs=funcs, args=config,
                           train_dataset=setup.train_dataset, eval_dataset=setup.eval_dataset,

@@ -71,8 +71,8 @@ def answer(records: Sequence[TaskRecord], strategy: str, backend: Backend, rules
 
 
 def gpus(options: Options) -> float:
-    """With ``use_gpu``: the in-process hf model needs the task's GPU; actors and HTTP servers bring their own."""
-    return 1.0 if options.backend.kind == "hf" and not options.backend.workers else 0.0
+    """With ``use_gpu``: an in-process model (hf, vllm) needs the task's GPU; actors and HTTP servers bring their own."""
+    return 1.0 if options.backend.kind in ("hf", "vllm") and not options.backend.workers else 0.0
 
 
 def predict(records: list[TaskRecord], options: Options, context: MethodContext) -> MethodOutput:

@@ -73,6 +73,14 @@ def gpus_for(kind: str, options: dict[str, Any], use_gpu: bool) -> float:
     return float(fn(module.Options.model_validate(options))) if fn else 0.0
 
 
+def runs_model_in_task(kind: str, options: dict[str, Any]) -> bool:
+    """Does the kind compute with a model in the job's own process (its ``gpus(options)`` is not 0)? Such a
+    job gets its share of the machine's CPUs, so torch's threads match what Ray reserved for it."""
+    module = method_module(kind)
+    fn = getattr(module, "gpus", None)
+    return bool(fn and fn(module.Options.model_validate(options)))
+
+
 def method_module(kind: str) -> ModuleType:
     if kind not in METHODS:
         raise KeyError(f"unknown method kind '{kind}' (known: {', '.join(sorted(METHODS))})")

@@ -11,7 +11,8 @@ import ctypes
 import os
 
 CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWIPC = 0x00020000, 0x40000000, 0x08000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
+DISK_MB, MAX_FILES = 64, 2048  # default bound on what one program may write, all files together
 MNT_DETACH = 2
 # World-writable places: read-only inside the sandbox.
 READ_ONLY_SHARED = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/var/lock", "/dev/mqueue", "/var/crash")
@@ -73,7 +74,11 @@ def prepare_namespaces(root: str, blocked: dict[str, set[str]]) -> tuple[int, ..
                         _mount(libc, d, d, None, MS_BIND | MS_REC)
                         _mount(libc, None, d, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
                 _mount(libc, root, root, None, MS_BIND)  # a bind of the now read-only /tmp...
-                _mount(libc, None, root, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV)  # ...made writable
+                _mount(libc, None, root, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_NOEXEC)  # ...writable
+                # A /proc of our own that lists only processes the reader may ptrace: a program sees
+                # its own processes and no one else's command line or environment. Cheaper than a
+                # PID namespace per program, which needs a mount namespace per program as well.
+                _mount(libc, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=2")
                 ok = b"1"
         except OSError:
             ok = b"0"
@@ -90,6 +95,35 @@ def prepare_namespaces(root: str, blocked: dict[str, set[str]]) -> tuple[int, ..
     os.close(ready_r)
     os.waitpid(pid, 0)
     return fds
+
+
+def private_disk(root: str, disk_mb: int, max_files: int) -> tuple[int, int] | None:
+    """Give this (single-threaded, root) process a private mount namespace with a size-bounded
+    tmpfs on ``root``: what programs write, all files together, is bounded in bytes and in
+    files. The sandbox namespace prepared afterwards shares this tmpfs; it vanishes with us.
+    Returns the bound in force, or None where it could not be set up."""
+    libc = _libc()
+    try:
+        if libc.unshare(CLONE_NEWNS) != 0:
+            return None
+        _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)
+        _mount(libc, "tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+               f"size={disk_mb}m,nr_inodes={max_files},mode=0711")
+    except OSError:
+        return None
+    return disk_mb, max_files
+
+
+def resize_disk(root: str, current: tuple[int, int], disk_mb: int, max_files: int) -> tuple[int, int]:
+    """Change the bound between programs (the tmpfs is empty then); keep the old one on failure."""
+    if (disk_mb, max_files) == current:
+        return current
+    try:
+        _mount(_libc(), None, root, None, MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+               f"size={disk_mb}m,nr_inodes={max_files}")
+    except OSError:
+        return current
+    return disk_mb, max_files
 
 
 def _expose(libc, stage_root: str, blocked: dict[str, set[str]]) -> None:

@@ -61,13 +61,16 @@ class SandboxPool:
     @classmethod
     def start(
         cls, size: int | None = None, preload: Sequence[str] = DEFAULT_PRELOAD, limits: Limits = Limits(),
-        name: str = "sandbox",
+        name: str = "sandbox", wait: bool = True,
     ) -> "SandboxPool":
+        """``wait=False``: return at once and let the servers warm while the first jobs start (they
+        generate long before they run programs); calls queue on an actor until it is up."""
         size = size or max(1, int(ray.cluster_resources().get("CPU", 1)))
         remote = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0,
                             concurrency_groups={"status": 1})(SandboxActor)
         actors = [remote.options(name=f"{name}-{i}").remote(preload, limits) for i in range(size)]
-        ray.get([a.stats.remote() for a in actors])  # wait until every server is warm
+        if wait:
+            ray.get([a.stats.remote() for a in actors])  # every server warm
         return cls(actors, tuple(preload))
 
     def for_job(self, method: str, dataset: str) -> "SandboxPool":

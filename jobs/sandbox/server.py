@@ -21,11 +21,11 @@ left behind: the server is a child subreaper, so orphans come back to it.
 from __future__ import annotations
 
 import argparse
-import builtins
 import ctypes
 import fcntl
 import importlib
 import json
+import mmap
 import os
 import resource
 import select
@@ -34,11 +34,14 @@ import signal
 import sys
 import tempfile
 import time
-import traceback
 
-from jobs.sandbox.isolation import blocked_ancestors, isolate, prepare_namespaces
+from jobs.sandbox import harness
+from jobs.sandbox.isolation import (
+    DISK_MB, MAX_FILES, blocked_ancestors, isolate, prepare_namespaces, private_disk, resize_disk,
+)
 
 OUTPUT_CAP = 64 * 1024
+MARK_BYTES = 16  # harness.run writes the code mark at 0 and the tests mark at 16
 DRAIN_S = 0.5  # after the child exits, how long leftovers may keep its pipes busy
 PR_SET_CHILD_SUBREAPER, MADV_HUGEPAGE, MADV_COLLAPSE = 36, 14, 25
 
@@ -57,22 +60,22 @@ def _limit(request: dict, uid: int | None) -> None:
         resource.setrlimit(resource.RLIMIT_NPROC, (int(request["max_procs"]),) * 2)
 
 
-def _child(request: dict, workdir: str, out_w: int, err_w: int, status_w: int, uid: int | None, nonce: bytes,
+def _child(request: dict, workdir: str, out_w: int, err_w: int, uid: int | None, shared, marks: tuple[bytes, bytes],
            namespaces: tuple[int, ...] | None):
+    libc = ctypes.CDLL(None, use_errno=True)
     try:
         os.setsid()
         os.chdir(workdir)
-        # Move the three pipe ends out of the way first: any of them may already be 0..3.
-        out_w, err_w, status_w = (fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in (out_w, err_w, status_w))
+        # Move the pipe ends out of the way first: either may already be 0..2.
+        out_w, err_w = (fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in (out_w, err_w))
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
-        os.dup2(status_w, 3)
-        if namespaces is not None:  # keep the namespace fds (at 4, 5, 6) until we joined them
+        if namespaces is not None:  # keep the namespace fds (at 3, 4, 5) until we joined them
             high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 300) for fd in namespaces]
-            namespaces = tuple(os.dup2(fd, 4 + i) for i, fd in enumerate(high))
-        os.closerange(4 + len(namespaces or ()), 1 << 16)
+            namespaces = tuple(os.dup2(fd, 3 + i) for i, fd in enumerate(high))
+        os.closerange(3 + len(namespaces or ()), 1 << 16)
         os.environ.clear()
         os.environ.update({"HOME": workdir, "TMPDIR": workdir, "PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg"})
         isolated = isolate(uid, namespaces)
@@ -83,34 +86,12 @@ def _child(request: dict, workdir: str, out_w: int, err_w: int, status_w: int, u
         sys.stdin = open(os.devnull)
         sys.stdout = os.fdopen(1, "w", buffering=1, errors="replace")
         sys.stderr = os.fdopen(2, "w", buffering=1, errors="replace")
+        sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr
         sys.argv = ["program"]
         tempfile.tempdir = None
     except BaseException:
         os._exit(97)
-    scope = {"__name__": "__main__", "__builtins__": builtins}
-    # Bound before the program runs: it may replace os.write, builtins.exec or builtins.compile.
-    write, exit_now, run = os.write, os._exit, exec
-    code_mark, test_mark = b"C" + nonce, b"T" + nonce
-    del nonce
-    code = 1
-    try:
-        compiled_code = compile(request["code"], "<code>", "exec")
-        compiled_test = compile(request["test"], "<test>", "exec")
-        run(compiled_code, scope)
-        write(3, code_mark)
-        run(compiled_test, scope)
-        write(3, test_mark)
-        code = 0
-    except SystemExit as exc:  # exiting early is never a pass: the sentinel was not reached
-        code = exc.code if isinstance(exc.code, int) and exc.code else 1
-    except BaseException:
-        traceback.print_exc()
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BaseException:
-        pass
-    exit_now(code)  # no atexit handlers, no lingering threads
+    harness.run(request, shared, marks, libc)
 
 
 def _kill_descendants() -> bool:
@@ -166,16 +147,18 @@ def _kill_uid(uid: int) -> None:
             return
 
 
-def run_program(request: dict, uid: int | None, namespaces: tuple[int, ...] | None, root: str) -> dict:
+def run_program(request: dict, uid: int | None, namespaces: tuple[int, ...] | None, root: str, shared) -> dict:
     start = time.monotonic()
     isolated = uid is not None and namespaces is not None
     workdir = tempfile.mkdtemp(prefix="p-", dir=root)
-    pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, status
-    (out_r, out_w), (err_r, err_w), (status_r, status_w) = pipes
-    nonce = os.urandom(8).hex().encode()
+    pipes = [os.pipe() for _ in range(2)]  # stdout, stderr
+    (out_r, out_w), (err_r, err_w) = pipes
+    marks = (os.urandom(16), os.urandom(16))  # fresh per program: "the code ran", "the tests ran to their end"
+    shared.seek(0)
+    shared.write(bytes(2 * MARK_BYTES))
     pid, pidfd, wstatus = None, None, None
-    buffers = {out_r: bytearray(), err_r: bytearray(), status_r: bytearray()}
-    dropped = {out_r: 0, err_r: 0, status_r: 0}
+    buffers = {out_r: bytearray(), err_r: bytearray()}
+    dropped = {out_r: 0, err_r: 0}
     timed_out = False
     try:
         if isolated:
@@ -183,8 +166,11 @@ def run_program(request: dict, uid: int | None, namespaces: tuple[int, ...] | No
         sys.stdout.flush()
         pid = os.fork()
         if pid == 0:
-            _child(request, workdir, out_w, err_w, status_w, uid, nonce, namespaces)
-        for fd in (out_w, err_w, status_w):
+            try:
+                _child(request, workdir, out_w, err_w, uid, shared, marks, namespaces)
+            finally:
+                os._exit(97)  # never back into the server's loop
+        for fd in (out_w, err_w):
             os.close(fd)
         pipes = [(r, None) for r, _ in pipes]
         # pidfd (Python >= 3.9) wakes us when the child exits; else poll waitpid every 10 ms
@@ -242,15 +228,18 @@ def run_program(request: dict, uid: int | None, namespaces: tuple[int, ...] | No
         if pidfd is not None:
             os.close(pidfd)
         shutil.rmtree(workdir, ignore_errors=True)
-    marks = bytes(buffers[status_r])
-    code_ok = (b"C" + nonce) in marks
-    tests_done = (b"T" + nonce) in marks
+    written = shared[: 2 * MARK_BYTES]
+    code_ok = written[:MARK_BYTES] == marks[0]
+    tests_done = written[MARK_BYTES:] == marks[1]
     returncode = os.waitstatus_to_exitcode(wstatus)
+    tampered = harness.tamper_reason(returncode)
     if timed_out:
         status = "timeout"
     else:
-        status = "passed" if tests_done and returncode == 0 else "failed"
+        status = "passed" if tests_done and returncode == 0 and not tampered else "failed"
     notes = []
+    if tampered:
+        notes.append(f"the program reached into the harness ({tampered}): a failure, whatever its tests did")
     if returncode < 0:
         notes.append(f"killed by {signal.Signals(-returncode).name}")
     if dropped[out_r] or dropped[err_r]:
@@ -287,26 +276,30 @@ def _collapse_heap_to_huge_pages() -> None:
             libc.madvise(start, end - start, MADV_COLLAPSE)
 
 
-def _probe_isolation(uid: int | None, namespaces: tuple[int, ...] | None, root: str) -> str:
-    """"full" when a program really runs as the sandbox uid without a network, else "basic"."""
+def _probe_isolation(uid: int | None, namespaces: tuple[int, ...] | None, root: str, shared) -> str:
+    """"full" when a program really runs as the sandbox uid, without a network and seeing no
+    other process, else "basic"."""
     if uid is None or namespaces is None:
         return "basic"
-    probe = (f"import os, socket\nassert os.getuid() == {uid}\ntry:\n"
+    probe = (f"import os, socket\nassert os.getuid() == {uid}\n"
+             "assert str(os.getppid()) not in os.listdir('/proc'), 'other processes visible'\ntry:\n"
              "    socket.create_connection(('127.0.0.1', 9), timeout=1)\nexcept OSError as e:\n"
              "    assert e.errno == 101, e\nelse:\n    raise AssertionError('network reachable')")
     reply = run_program({"code": probe, "test": "", "timeout_s": 30, "cpu_s": 30, "memory_mb": 1024,
-                         "file_mb": 1, "max_procs": 64}, uid, namespaces, root)
+                         "file_mb": 1, "max_procs": 64}, uid, namespaces, root, shared)
     return "full" if reply["status"] == "passed" else "basic"
 
 
-def serve(preload: list[str], uid: int | None) -> None:
+def serve(preload: list[str], uid: int | None) -> None:  # noqa: C901
     # Programs must not import apimig's own packages by accident (they share names like `data`).
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
     sys.path[:] = [p for p in sys.path if p and os.path.abspath(p) != here]
     blocked = blocked_ancestors([p for p in sys.path if p] + [sys.prefix, sys.base_prefix, sys.executable])
     root = tempfile.mkdtemp(prefix="apimig-sandbox-")  # 0700 root-owned; sandbox uids only enter their own
     os.chmod(root, 0o711)
+    disk = private_disk(root, DISK_MB, MAX_FILES) if uid is not None else None
     namespaces = prepare_namespaces(root, blocked) if uid is not None else None
+    shared = mmap.mmap(-1, 4096)  # MAP_SHARED: each child's harness writes its marks here (harness.run)
     # The protocol owns copies of fds 0/1; the real 0/1 point at /dev/null so that stray
     # prints from libraries cannot corrupt it.
     proto_in = os.fdopen(os.dup(0), "rb")
@@ -327,14 +320,21 @@ def serve(preload: list[str], uid: int | None) -> None:
         (torch.ones(2, 2) @ torch.ones(2, 2)).sum().item()
     import gc
 
+    harness.snapshot()  # what builtins and os hold after our imports: programs must leave them so
     gc.freeze()  # keep preloaded objects out of GC scans: fewer copy-on-write page faults per fork
     _collapse_heap_to_huge_pages()
-    proto_out.write((json.dumps({"ready": True, "preloaded": loaded, "pid": os.getpid(), "isolation": _probe_isolation(uid, namespaces, root)}) + "\n").encode())
+    hello = {"ready": True, "preloaded": loaded, "pid": os.getpid(),
+             "isolation": _probe_isolation(uid, namespaces, root, shared),
+             "guarded": hasattr(sys, "addaudithook"), "disk_bound": disk is not None}
+    proto_out.write((json.dumps(hello) + "\n").encode())
     proto_out.flush()
     for line in proto_in:
         request = json.loads(line)
         try:
-            reply = run_program(request, uid, namespaces, root)
+            if disk is not None:
+                disk = resize_disk(root, disk, int(request.get("disk_mb", disk[0])),
+                                   int(request.get("max_files", disk[1])))
+            reply = run_program(request, uid, namespaces, root, shared)
         except Exception as exc:  # the server itself must survive anything a program does
             reply = {"status": "failed", "code_ok": False, "returncode": None, "duration_s": 0.0,
                      "stdout": "", "stderr": "", "note": f"sandbox error: {type(exc).__name__}: {exc}"}

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 
 from jobs.evaluation.metrics import parse
 from jobs.sandbox.executor import ExecResult, Program
+from jobs.sandbox.isolation import DISK_MB, MAX_FILES
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository root: servers run `-m jobs.sandbox.server` from it
 # Imported by every server before it forks: cheap to fork, and common in benchmark programs.
@@ -49,6 +50,8 @@ class Limits:
     file_mb: int = 16  # largest file a program may write
     max_procs: int = 64  # processes (and threads) of the sandbox uid, when running as root
     cpu_s: int | None = None  # default: the wall-clock timeout, rounded up, plus one
+    disk_mb: int = DISK_MB  # everything a program writes, all files together (as root: a tmpfs)
+    max_files: int = MAX_FILES  # files and directories it may create (as root)
 
 
 def _claim_uid() -> tuple[int | None, object | None]:
@@ -98,6 +101,8 @@ class ForkServer:
         self.uid, self._uid_lock = _claim_uid()
         self.preloaded: list[str] = []
         self.isolation = "unknown"  # "full" (namespaces + private uid, needs root) or "basic"
+        self.guarded = False  # the harness guard (audit hooks: Python >= 3.8), see jobs.sandbox.harness
+        self.disk_bound = False  # all files together bounded (a tmpfs: needs root)
 
     def start(self) -> None:
         args = [self.python, "-m", "jobs.sandbox.server", "--preload", ",".join(BASE_PRELOAD + self.preload)]
@@ -113,6 +118,7 @@ class ForkServer:
             raise RuntimeError(f"sandbox server did not start ({self.python})")
         info = json.loads(hello)
         self.preloaded, self.isolation = info["preloaded"], info["isolation"]
+        self.guarded, self.disk_bound = info.get("guarded", False), info.get("disk_bound", False)
 
     def _read_line(self, timeout: float) -> str | None:
         assert self.proc and self.proc.stdout

@@ -32,20 +32,35 @@ def load_adapted(model: dict, adapter_dir: Path, use_gpu: bool):
 
 
 def adapter_answers(model: dict, adapter_dir: Path, chats: Sequence[list[dict]], gen: GenerationOptions,
-                    seed: int, strategy: str, use_gpu: bool) -> list[list[str]]:
-    """Load base + adapter and answer ``chats`` (the body of the GPU task below)."""
+                    seed: int, strategy: str, use_gpu: bool, engine: str = "hf",
+                    rank: int = 16) -> tuple[list[list[str]], str]:
+    """Load base + adapter and answer ``chats`` (the body of the GPU task below): (answers, engine used).
+
+    ``engine="vllm"`` serves the adapter unmerged with vLLM's LoRA support where vLLM can run, and
+    falls back to transformers (with a warning) where it cannot."""
     from jobs.inference.generation import generate
 
+    if engine == "vllm":
+        from jobs.inference.backends.vllm import chat_answers, vllm_unavailable, warn_fallback
+
+        reason = vllm_unavailable(use_gpu)
+        if reason is None:
+            from jobs.inference.backends.vllm import engine as vllm_engine
+
+            llm = vllm_engine(model, seed=seed, gpu_memory_utilization=0.85, max_lora_rank=rank)
+            return chat_answers(llm, chats, gen, seed, adapter_dir), "vllm"
+        warn_fallback("answering with the trained adapter", reason)
     lm, tokenizer = load_adapted(model, adapter_dir, use_gpu)
-    return generate(lm, tokenizer, chats, gen, seed, strategy)
+    return generate(lm, tokenizer, chats, gen, seed, strategy), "hf"
 
 
 def answer_with_adapter(context: MethodContext, adapter_dir: Path, chats: Sequence[list[dict]],
-                        gen: GenerationOptions, strategy: str) -> list[list[str]]:
+                        gen: GenerationOptions, strategy: str, engine: str = "hf",
+                        rank: int = 16) -> tuple[list[list[str]], str]:
     """The adapter's answers. With ``use_gpu`` under Ray they come from a task that holds one GPU of its
     own, asked for only now: the job's task holds none, so on a one-GPU machine the Ray Train workers
     had the GPU while training and the answers get it after."""
-    args = (context.model, adapter_dir, list(chats), gen, context.seed, strategy, context.use_gpu)
+    args = (context.model, adapter_dir, list(chats), gen, context.seed, strategy, context.use_gpu, engine, rank)
     import ray
 
     if context.use_gpu and ray.is_initialized():
@@ -70,7 +85,10 @@ def method_output(records: Sequence[TaskRecord], outcome: TrainOutcome, options:
     codes: list = [None] * len(records)
     if diverged is None and outcome.adapter_dir is not None and records:
         chats = chats if chats is not None else [build_messages(r, options.strategy) for r in records]
-        texts = answer_with_adapter(context, outcome.adapter_dir, chats, options.generation, options.strategy)
+        texts, used = answer_with_adapter(context, outcome.adapter_dir, chats, options.generation, options.strategy,
+                                          options.answer_engine, options.adapter.rank)
+        if used != options.answer_engine:
+            metrics["answer_engine_fallback"] = 1.0
         diverged = degenerate_answers([t for samples in texts for t in samples])
         codes = codes_from_texts(texts, options.strategy)
     summary["diverged"] = diverged

@@ -105,4 +105,7 @@ class TrainingOptions(MethodOptions):
     max_failures: int = Field(1, ge=-1)  # worker failures tolerated (restart from the last checkpoint); -1 = any
     strategy: str = "basic"  # data/prompts strategy, the same at training and answering time
     generation: GenerationOptions = Field(default_factory=GenerationOptions)  # answering after training
+    # Answering after training: "vllm" serves the adapter with vLLM's LoRA support on the job's GPU
+    # (jobs.inference.backends.vllm), falling back to transformers with a warning where it cannot run.
+    answer_engine: Literal["hf", "vllm"] = "hf"
     validation: ValidationOptions | None = None  # held-out examples scored while training

@@ -4,7 +4,8 @@ Every backend has ``generate(chats) -> list[list[str | None]]`` (``None``: that
 sample failed after its retries), ``stats() -> BackendStats`` and ``close()``.
 Where answers come from is the backend's ``config``; how they are sampled is
 the method's ``generation`` section (``jobs.inference.generation.GenerationOptions``).
-Kinds: ``hf`` (local transformers, :mod:`jobs.inference.backends.hf`), ``openai``,
+Kinds: ``hf`` (local transformers, :mod:`jobs.inference.backends.hf`), ``vllm`` (vLLM's
+engine on the job's GPU, falling back to ``hf`` where it cannot run: :mod:`jobs.inference.backends.vllm`), ``openai``,
 ``anthropic`` and ``custom`` (HTTP, :mod:`jobs.inference.backends.protocols`, sharing
 retries, cache and stats from :mod:`jobs.inference.backends.http`). See docs/inference.md.
 """
@@ -35,6 +36,19 @@ def make_backend(config: BackendConfig, model_spec: dict[str, Any] | None = None
                  generation: GenerationOptions = GenerationOptions(), use_gpu: bool = False, seed: int = 0) -> Backend:
     """The backend ``config`` describes, sampling as ``generation`` says; ``model_spec`` (the spec's model
     section) is the hf default model."""
+    if config.kind == "vllm":
+        from jobs.inference.backends.vllm import VLLMBackend, vllm_unavailable, warn_fallback
+
+        reason = vllm_unavailable(use_gpu)
+        if reason is None:
+            return VLLMBackend(config, model_spec or {"name": "tiny"}, generation=generation, seed=seed)
+        if config.fallback == "none":
+            raise BackendError(f"backend vllm: {reason} (and fallback is 'none')")
+        warn_fallback("backend vllm", reason)
+        backend = make_backend(config.model_copy(update={"kind": "hf"}), model_spec, generation=generation,
+                               use_gpu=use_gpu, seed=seed)
+        backend._stats.fallbacks = 1
+        return backend
     if config.kind == "hf":
         from jobs.inference.backends.hf import HFBackend
 

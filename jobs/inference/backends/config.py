@@ -37,7 +37,7 @@ class BackendConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    kind: Literal["hf", "openai", "anthropic", "custom"] = "hf"
+    kind: Literal["hf", "vllm", "openai", "anthropic", "custom"] = "hf"
     model: str | None = None  # hf: default the spec's model; HTTP: the server's model name
     base_url: str | None = None  # HTTP kinds: e.g. http://localhost:8000/v1 (OpenAI), https://api.anthropic.com
     api_key_env: str | None = Field(None, pattern=_ENV_NAME)
@@ -50,6 +50,9 @@ class BackendConfig(BaseModel):
     cache_dir: str | None = None  # default: $APIMIG_LLM_CACHE or ~/.cache/apimig/llm
     prices: dict[str, Price] = Field(default_factory=dict)
     workers: int | None = Field(None, ge=0)  # hf: N Ray actors (a GPU each with use_gpu); None/0: in the job's task
+    # vllm: where it cannot run (no GPU, not installed), "hf" answers with transformers and says so; "none" fails
+    fallback: Literal["hf", "none"] = "hf"
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)  # vllm: share of the GPU its engine may take
 
     @model_validator(mode="after")
     def _check(self) -> "BackendConfig":
@@ -60,6 +63,10 @@ class BackendConfig(BaseModel):
                 raise ValueError("base_url: must start with http:// or https://")
             if self.kind != "custom" and not self.model:
                 raise ValueError(f"model: backend kind '{self.kind}' needs a model name")
+        elif self.base_url:
+            raise ValueError(f"base_url: backend kind '{self.kind}' runs the model locally and takes no base_url")
+        if self.kind == "vllm" and self.workers:
+            raise ValueError("workers: the vllm backend runs in the job's own task (vLLM batches by itself)")
         return self
 
     def cache_root(self) -> Path:
@@ -81,6 +88,7 @@ class BackendStats:
     prompt_tokens: int = 0  # live calls only: a cached answer costs nothing
     completion_tokens: int = 0
     cost_usd: float | None = None  # None: no price for this model in the config
+    fallbacks: int = 0  # vllm asked for but the hf path used (see jobs.inference.backends.vllm)
 
     def as_metrics(self) -> dict[str, float]:
         return {f"backend_{k}": float(v) for k, v in asdict(self).items() if v is not None}
