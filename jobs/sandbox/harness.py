@@ -58,6 +58,7 @@ OUT_OF_ORDER = TAMPER_BASE + len(DENIED)  # a harness step claimed from the wron
 GUARDED_MODULES = ("builtins", "os", "posix")
 PROGRAM_STACK = 16 * 2**20  # the program thread's stack: twice a main thread's usual 8 MiB
 PR_SET_DUMPABLE = 4
+MARK_BYTES = 16  # run() writes the code mark at offset 0 of the shared mapping, the tests mark after it
 
 
 def tamper_reason(returncode: int | None) -> str | None:
@@ -184,11 +185,12 @@ def run(request: dict, shared, marks: tuple[bytes, bytes], libc) -> None:
     """Run the program in this (already isolated and limited) process; never returns.
 
     ``shared`` is the server's shared mapping: the code mark goes at offset 0, the tests
-    mark at offset 16 (see ``jobs.sandbox.server``).
+    mark at ``MARK_BYTES`` (see ``jobs.sandbox.server``).
     """
     # Bound now: the program may replace any of these names before this thread uses them again.
     exit_now, get_ident, seek, write, type_, int_ = os._exit, _thread.get_ident, shared.seek, shared.write, type, int
     code_mark, tests_mark = marks
+    tests_at = MARK_BYTES  # a local: the program may rebind this module's names
     del marks
     try:
         compiled_code = compile(request["code"], "<code>", "exec")
@@ -221,7 +223,7 @@ def run(request: dict, shared, marks: tuple[bytes, bytes], libc) -> None:
         seek(0)
         write(code_mark)
     if state[1]:
-        seek(16)
+        seek(tests_at)
         write(tests_mark)
     code = result[0]
     exit_now(0 if state[1] else code if type_(code) is int_ and code else 1)

@@ -41,7 +41,6 @@ from jobs.sandbox.isolation import (
 )
 
 OUTPUT_CAP = 64 * 1024
-MARK_BYTES = 16  # harness.run writes the code mark at 0 and the tests mark at 16
 DRAIN_S = 0.5  # after the child exits, how long leftovers may keep its pipes busy
 PR_SET_CHILD_SUBREAPER, MADV_HUGEPAGE, MADV_COLLAPSE = 36, 14, 25
 
@@ -153,9 +152,10 @@ def run_program(request: dict, uid: int | None, namespaces: tuple[int, ...] | No
     workdir = tempfile.mkdtemp(prefix="p-", dir=root)
     pipes = [os.pipe() for _ in range(2)]  # stdout, stderr
     (out_r, out_w), (err_r, err_w) = pipes
-    marks = (os.urandom(16), os.urandom(16))  # fresh per program: "the code ran", "the tests ran to their end"
+    # Fresh per program: "the code ran", "the tests ran to their end".
+    marks = (os.urandom(harness.MARK_BYTES), os.urandom(harness.MARK_BYTES))
     shared.seek(0)
-    shared.write(bytes(2 * MARK_BYTES))
+    shared.write(bytes(2 * harness.MARK_BYTES))
     pid, pidfd, wstatus = None, None, None
     buffers = {out_r: bytearray(), err_r: bytearray()}
     dropped = {out_r: 0, err_r: 0}
@@ -228,9 +228,9 @@ def run_program(request: dict, uid: int | None, namespaces: tuple[int, ...] | No
         if pidfd is not None:
             os.close(pidfd)
         shutil.rmtree(workdir, ignore_errors=True)
-    written = shared[: 2 * MARK_BYTES]
-    code_ok = written[:MARK_BYTES] == marks[0]
-    tests_done = written[MARK_BYTES:] == marks[1]
+    written = shared[: 2 * harness.MARK_BYTES]
+    code_ok = written[:harness.MARK_BYTES] == marks[0]
+    tests_done = written[harness.MARK_BYTES:] == marks[1]
     returncode = os.waitstatus_to_exitcode(wstatus)
     tampered = harness.tamper_reason(returncode)
     if timed_out:

@@ -45,10 +45,10 @@ def make_backend(config: BackendConfig, model_spec: dict[str, Any] | None = None
         if config.fallback == "none":
             raise BackendError(f"backend vllm: {reason} (and fallback is 'none')")
         warn_fallback("backend vllm", reason)
-        backend = make_backend(config.model_copy(update={"kind": "hf"}), model_spec, generation=generation,
-                               use_gpu=use_gpu, seed=seed)
-        backend._stats.fallbacks = 1
-        return backend
+        from jobs.inference.backends.hf import HFBackend
+
+        return HFBackend(config.model_copy(update={"kind": "hf"}), model_spec or {"name": "tiny"},
+                         generation=generation, use_gpu=use_gpu, seed=seed, fallbacks=1)
     if config.kind == "hf":
         from jobs.inference.backends.hf import HFBackend
 

@@ -40,7 +40,8 @@ class HFBackend:
     kind = "hf"
 
     def __init__(self, config: BackendConfig, model_spec: dict[str, Any], *,
-                 generation: GenerationOptions = GenerationOptions(), use_gpu: bool = False, seed: int = 0):
+                 generation: GenerationOptions = GenerationOptions(), use_gpu: bool = False, seed: int = 0,
+                 fallbacks: int = 0):
         self.config = config
         self.generation = generation
         self.seed = seed
@@ -48,7 +49,7 @@ class HFBackend:
         self.use_gpu = use_gpu
         self._local: GenerationWorker | None = None
         self._actors: list | None = None
-        self._stats = BackendStats()
+        self._stats = BackendStats(fallbacks=fallbacks)  # 1: standing in for a vllm backend
         self._lock = threading.Lock()
 
     def actor_count(self) -> int:
