@@ -24,6 +24,7 @@ KNOWN_BAD = {
     "[torch.Tensor.view]:[add-argument]:[update-0]:[prog_syn-1]",
     "[torch.Tensor.view]:[add-argument]:[update-0]:[prog_syn-4]",
     "[torch.bmm]:[add-argument]:[update-0]:[prog_syn-1]",
+    "[torch.bmm]:[add-argument-data_type]:[update-0]:[prog_syn-2]",
     "[torch.bmm]:[modify-output-semantics]:[update-1]:[prog_syn-7]",
 }
 
