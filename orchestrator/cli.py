@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     tun.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     tun.add_argument("--artifacts", metavar="DIR", help="where runs are written (default: $APIMIG_ARTIFACTS or artifacts/)")
 
+    cmp = sub.add_parser("compare", help="one table and plot across runs over the same records, with intervals")
+    cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    cmp.add_argument("--out", metavar="DIR", help="where compare.md and compare.png go "
+                     "(default: <artifacts>/compare/<time>)")
+    cmp.add_argument("--artifacts", metavar="DIR", help="default: $APIMIG_ARTIFACTS or artifacts/")
+
     val = sub.add_parser("validate", help="check a spec and print its jobs, without running anything")
     val.add_argument("spec")
     return p
@@ -175,6 +181,18 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from orchestrator.compare import CompareError, compare_runs, default_out_dir
+
+    out = Path(args.out) if args.out else default_out_dir(storage.artifacts_root(args.artifacts))
+    try:
+        print(compare_runs([Path(d) for d in args.run_dirs], out))
+    except CompareError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"comparison: {out}/compare.md")
+    return 0
+
+
 def _validate(args: argparse.Namespace) -> int:
     from orchestrator.plan import plan_jobs
 
@@ -184,7 +202,7 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "report": _report, "ls": _ls, "validate": _validate, "tune": _tune}
+COMMANDS = {"run": _run, "report": _report, "ls": _ls, "validate": _validate, "tune": _tune, "compare": _compare}
 
 
 def main(argv: list[str] | None = None) -> int:

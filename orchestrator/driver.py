@@ -23,8 +23,9 @@ from jobs.evaluation.job import EvalSettings, JobRequest, JobResult, run_eval_jo
 from jobs.methods.registry import MethodContext, gpus_for, runs_model_in_task
 from jobs.sandbox.pool import SandboxPool
 from jobs.sandbox.slots import Limits
+from orchestrator import provenance
 from orchestrator.manifest import Manifest
-from orchestrator.plan import PlannedJob, plan_jobs, run_order
+from orchestrator.plan import PlannedJob, plan_jobs, run_order, split_job_id
 from orchestrator.spec import ExperimentSpec
 from orchestrator.storage import RunMirror
 
@@ -74,6 +75,19 @@ def _record_model(spec: ExperimentSpec, run_dir: Path, echo: Callable[[str], Non
     atomic_write_json(target, info)
 
 
+def _record_provenance(spec: ExperimentSpec, run_dir: Path, echo: Callable[[str], None]) -> None:
+    """Write ``provenance.json`` (code commit, versions, model hash, seeds) once; on a resume, say what
+    changed since, because the finished jobs' numbers came from what it recorded."""
+    model_info = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
+    current = provenance.collect(spec.run_seeds, model_info)
+    recorded = provenance.load(run_dir)
+    if recorded is None:
+        provenance.write(run_dir, current)
+        return
+    for line in provenance.differences(recorded, current):
+        echo(f"warning: resuming with a different {line} (finished jobs ran with the recorded one)")
+
+
 def _load_records(spec: ExperimentSpec) -> dict[str, list]:
     out = {}
     for ds in spec.datasets:
@@ -107,6 +121,7 @@ def run_experiment(
         echo("all jobs already done")
         return manifest
     _record_model(spec, run_dir, echo)
+    _record_provenance(spec, run_dir, echo)
 
     start_ray(spec, address, run_dir.name)
     limits = Limits(memory_mb=spec.eval.memory_mb, disk_mb=spec.eval.disk_mb, max_files=spec.eval.max_files)
@@ -123,17 +138,19 @@ def run_experiment(
     last_status = time.monotonic()
     try:
         while queue or running:
-            while queue and len(running) < spec.resources.num_workers:
-                job = jobs[queue.pop(0)]
+            while len(running) < spec.resources.num_workers:
+                job = _next_job(queue, jobs, running.values())
+                if job is None:
+                    break
                 request = _request(spec, job, run_dir)
-                ref = eval_task.options(name=f"eval {job.method.name} x {job.dataset.name}",
+                ref = eval_task.options(name=f"eval {job.label}",
                                         **task_resources(spec, job, cpus_per_job)).remote(
                     request, record_refs[job.dataset.name], pool.for_job(job.method.name, job.dataset.name)
                 )
                 running[ref] = job.id
                 started_at[job.id] = time.monotonic()
                 manifest.update(job.id, "running")
-                echo(f"[{finished}/{total}] started  {job.method.name} x {job.dataset.name}")
+                echo(f"[{finished}/{total}] started  {job.label}")
             ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
             for ref in ready:
                 jid = running.pop(ref)
@@ -154,6 +171,15 @@ def run_experiment(
         pool.close()
         _sync(mirror, echo)
     return manifest
+
+
+def _next_job(queue: list[str], jobs: dict[str, PlannedJob], running) -> PlannedJob | None:
+    """The first queued job that may start now: not while another job of its training group runs."""
+    busy = {jobs[jid].group for jid in running} - {None}
+    for i, jid in enumerate(queue):
+        if jobs[jid].group is None or jobs[jid].group not in busy:
+            return jobs[queue.pop(i)]
+    return None
 
 
 def _sync(mirror: RunMirror | None, echo: Callable[[str], None]) -> None:
@@ -213,8 +239,9 @@ def _request(spec: ExperimentSpec, job: PlannedJob, run_dir: Path) -> JobRequest
             python_substitution=spec.eval.python_substitution,
         ),
         context=MethodContext(
-            model=spec.model.model_dump(), work_dir=run_dir / "work" / job.id, seed=spec.seed,
+            model=spec.model.model_dump(), work_dir=run_dir / "work" / job.id, seed=job.seed,
             use_gpu=spec.resources.use_gpu, method=job.method.name,
+            shared_dir=run_dir / "work" / job.group if job.group else None,
         ),
     )
 
@@ -229,27 +256,27 @@ def _finish(ref, job: PlannedJob, run_dir: Path, manifest: Manifest, echo, count
         message = f"{type(cause).__name__}: {cause}".splitlines()[0][:500]
         manifest.update(job.id, "failed", error=message)
         telemetry.record_job(job.method.name, job.dataset.name, "failed")
-        echo(f"{counter} FAILED   {job.method.name} x {job.dataset.name}: {message}")
+        echo(f"{counter} FAILED   {job.label}: {message}")
         return
     try:
         write_outputs(run_dir / "outputs" / job.id, result.files)
     except ValueError as exc:
         manifest.update(job.id, "failed", error=str(exc))
         telemetry.record_job(job.method.name, job.dataset.name, "failed")
-        echo(f"{counter} FAILED   {job.method.name} x {job.dataset.name}: {exc}")
+        echo(f"{counter} FAILED   {job.label}: {exc}")
         return
     atomic_write_jsonl(run_dir / "predictions" / f"{job.id}.jsonl", result.rows)
-    update_metrics(run_dir, job.method.name, job.dataset.name, result.metrics)
+    update_metrics(run_dir, job.id, result.metrics)
     timings = {k: round(v, 3) for k, v in result.timings.items()}
     p = result.metrics.get("pass@1")
     telemetry.record_job(job.method.name, job.dataset.name, "diverged" if result.diverged else "done", p)
     if result.diverged:
         manifest.update(job.id, "diverged", timings=timings, error=f"diverged: {result.diverged}")
-        echo(f"{counter} DIVERGED {job.method.name} x {job.dataset.name}: {result.diverged}")
+        echo(f"{counter} DIVERGED {job.label}: {result.diverged}")
         return
     manifest.update(job.id, "done", timings=timings)
     shown = f"pass@1={p:.3f}" if p is not None else "pass@1=n/a"
-    echo(f"{counter} done     {job.method.name} x {job.dataset.name}  {shown}  n={result.metrics['n']}")
+    echo(f"{counter} done     {job.label}  {shown}  n={result.metrics['n']}")
 
 
 def write_outputs(out_dir: Path, files: dict[str, str]) -> None:
@@ -262,8 +289,24 @@ def write_outputs(out_dir: Path, files: dict[str, str]) -> None:
         atomic_write_text(target, text)
 
 
-def update_metrics(run_dir: Path, method: str, dataset: str, values: dict) -> None:
+def update_metrics(run_dir: Path, job_id: str, values: dict) -> None:
+    """``metrics.json[method][dataset]``: the job's metrics; for a method run with several seeds, each seed's
+    under ``per_seed`` and their mean (over the seeds finished so far) at the top."""
     path = run_dir / "metrics.json"
     metrics = json.loads(path.read_text()) if path.exists() else {}
-    metrics.setdefault(method, {})[dataset] = values
+    method, dataset, seed = split_job_id(job_id)
+    if seed is None:
+        metrics.setdefault(method, {})[dataset] = values
+    else:
+        per_seed = metrics.setdefault(method, {}).get(dataset, {}).get("per_seed", {})
+        per_seed[str(seed)] = values
+        metrics[method][dataset] = {**mean_over_seeds(list(per_seed.values())), "per_seed": per_seed}
     atomic_write_json(path, metrics)
+
+
+def mean_over_seeds(per_seed: list[dict]) -> dict:
+    keys = [k for k in per_seed[0] if all(isinstance(v.get(k), (int, float)) for v in per_seed)]
+    out = {k: sum(v[k] for v in per_seed) / len(per_seed) for k in keys}
+    if "n" in out:
+        out["n"] = per_seed[0]["n"]  # the records, not a mean
+    return out

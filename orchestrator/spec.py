@@ -67,11 +67,14 @@ class DatasetSpec(_Strict):
 
 
 class MethodSpec(BaseModel):
-    """``name`` and ``kind``; every other key is an option of that kind."""
+    """``name``, ``kind`` and ``datasets``; every other key is an option of that kind."""
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=NAME_PATTERN)
     kind: str
+    # The dataset names this method is scored on; None = every dataset. (The oracle and the rules have
+    # nothing to say about HumanEval, for instance.)
+    datasets: list[str] | None = Field(None, min_length=1)
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -79,7 +82,7 @@ class MethodSpec(BaseModel):
     def _collect_options(cls, data: Any) -> Any:
         if isinstance(data, dict) and "options" not in data:
             data = dict(data)
-            data["options"] = {k: data.pop(k) for k in list(data) if k not in ("name", "kind")}
+            data["options"] = {k: data.pop(k) for k in list(data) if k not in ("name", "kind", "datasets")}
         return data
 
     @model_validator(mode="after")
@@ -120,7 +123,23 @@ class ExperimentSpec(_Strict):
     eval: EvalSpec = Field(default_factory=EvalSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     seed: int = 0
+    # Stochastic methods (trainers, sampling) run once per seed and their intervals cover the seeds;
+    # empty = ``[seed]``. Deterministic methods run once, with the first seed.
+    seeds: list[int] = Field(default_factory=list)
+    # The untouched model's method that every other method is compared with (paired, on the same records);
+    # None = the first ``prompt`` method, if any.
+    baseline: str | None = None
     tune: TuneSpec | None = None  # used by ``python -m orchestrator tune``; ``run`` ignores it
+
+    @property
+    def run_seeds(self) -> list[int]:
+        return list(self.seeds) or [self.seed]
+
+    @property
+    def baseline_method(self) -> str | None:
+        if self.baseline is not None:
+            return self.baseline
+        return next((m.name for m in self.methods if m.kind == "prompt"), None)
 
     @model_validator(mode="after")
     def _unique_names(self) -> "ExperimentSpec":
@@ -130,6 +149,15 @@ class ExperimentSpec(_Strict):
                 if item.name in seen:
                     raise ValueError(f"{section}[{i}].name: duplicate name '{item.name}'")
                 seen.add(item.name)
+        datasets = {d.name for d in self.datasets}
+        for i, m in enumerate(self.methods):
+            unknown = [d for d in m.datasets or [] if d not in datasets]
+            if unknown:
+                raise ValueError(f"methods[{i}].datasets: no dataset named '{unknown[0]}' in datasets")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds: each seed may appear once")
+        if self.baseline is not None and self.baseline not in {m.name for m in self.methods}:
+            raise ValueError(f"baseline: no method named '{self.baseline}' in methods")
         if self.tune is not None:
             tuned = next((m for m in self.methods if m.name == self.tune.method), None)
             if tuned is None:

@@ -97,7 +97,7 @@ def test_uri_storage_mirrors_a_run_and_resumes_from_it(tmp_path, monkeypatch):
     remote = tmp_path / "bucket" / "runs" / "quickstart" / run_dir.name
     assert json.loads((remote / "manifest.json").read_text())["jobs"], "manifest uploaded at creation"
 
-    driver.update_metrics(run_dir, "reference", "migrations", {"n": 1, "pass@1": 1.0})
+    driver.update_metrics(run_dir, "reference__migrations", {"n": 1, "pass@1": 1.0})
     (run_dir / "work" / "scratch.bin").parent.mkdir()
     (run_dir / "work" / "scratch.bin").write_bytes(b"x")
     mirror.push()

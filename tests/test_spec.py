@@ -25,6 +25,10 @@ BAD_SPECS = {
     "missing-name": ("datasets: [{name: migrations}]\nmethods: [{name: r, kind: reference}]\n", ["name", "required"]),
     "bad-name-chars": (GOOD.replace("name: t", "name: 'a/b'"), ["name", "pattern"]),
     "unknown-top-field": (GOOD + "epochs: 3\n", ["epochs", "unknown field"]),
+    "unknown-baseline": (GOOD + "baseline: nope\n", ["baseline", "no method named 'nope'"]),
+    "method-on-unknown-dataset": (GOOD.replace("kind: reference}", "kind: reference, datasets: [foo]}"),
+                                  ["methods[0].datasets", "no dataset named 'foo'"]),
+    "duplicate-seeds": (GOOD + "seeds: [1, 1]\n", ["seeds", "once"]),
     "no-datasets": ("name: t\ndatasets: []\nmethods: [{name: r, kind: reference}]\n", ["datasets", "at least 1"]),
     "no-methods": ("name: t\ndatasets: [{name: migrations}]\nmethods: []\n", ["methods", "at least 1"]),
     "unknown-method-kind": (GOOD.replace("kind: reference", "kind: magic"), ["methods[0].kind", "magic"]),
@@ -105,3 +109,27 @@ def test_cli_bad_spec_from_shell(tmp_path, in_repo):
 def test_run_needs_spec_or_resume(capsys):
     assert cli.main(["run"]) == 2
     assert "exactly one" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["quickstart", "smoke", "study", "codeupdatearena", "gitchameleon",
+                                  "tune_quickstart"])
+def test_shipped_experiments_validate(in_repo, shared_data, name):
+    spec = load_spec(in_repo / "experiments" / f"{name}.yaml")
+    assert spec.name
+
+
+def test_study_covers_every_family_trains_on_train_splits_and_measures_forgetting(in_repo, shared_data):
+    from orchestrator.plan import plan_jobs
+
+    spec = load_spec(in_repo / "experiments" / "study.yaml")
+    kinds = {m.kind for m in spec.methods}
+    assert {"reference", "old_api", "rules", "prompt", "sft", "dpo", "grpo", "edit"} <= kinds
+    assert {m.options["algorithm"] for m in spec.methods if m.kind == "edit"} == {"rome", "memit", "unlearn"}
+    assert len(spec.run_seeds) >= 2 and spec.baseline_method == "prompt-basic"
+    assert "humaneval" in {d.kind for d in spec.datasets}
+    for m in spec.methods:
+        sources = m.options.get("train_data", m.options.get("edit_data"))
+        if m.kind in ("sft", "dpo", "grpo", "edit"):
+            assert sources and all(s.get("split") == "train" for s in sources), m.name
+    jobs = plan_jobs(spec)
+    assert all(j.group for j in jobs if j.method.kind in ("sft", "dpo", "grpo"))  # one training per seed

@@ -17,6 +17,7 @@ Only the MLPs of ``unlearn_layers`` (all layers when unset) are trained.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from jobs.editing.hparams import EditHParams
 
 Pair = tuple[str, str]  # (prompt, completion)
+CHUNK = 4  # pairs per forward/backward: a whole forget + retain set at once took ~10 GB for a 135M model
 
 
 def _batch(tokenizer, pairs: Sequence[Pair], device):
@@ -78,23 +80,34 @@ def apply_unlearning(model, tokenizer, forget: Sequence[Pair], retain: Sequence[
     was_training = model.training
     model.eval()  # no dropout: the same batches give the same update everywhere
     with torch.no_grad():
-        ref, _ = sequence_logprobs(model, tokenizer, forget)
+        ref = torch.cat([sequence_logprobs(model, tokenizer, forget[i:i + CHUNK])[0]
+                         for i in range(0, len(forget), CHUNK)])
     opt = torch.optim.AdamW([p for _, p in params], lr=hp.unlearn_lr, weight_decay=0.0)
+    retain_weight = hp.unlearn_retain_weight if retain else 0.0
     try:
         for _ in range(hp.unlearn_steps):
-            lp, n = sequence_logprobs(model, tokenizer, forget)
-            if hp.unlearn_loss == "ga":
-                forget_loss = (lp / n).mean()  # ascent on the NLL = descent on the log-likelihood
-            else:
-                forget_loss = -(2.0 / hp.unlearn_beta) * F.logsigmoid(-hp.unlearn_beta * (lp - ref)).mean()
-            loss = forget_loss
-            if retain and hp.unlearn_retain_weight:
-                rlp, rn = sequence_logprobs(model, tokenizer, retain)
-                loss = loss + hp.unlearn_retain_weight * (-(rlp / rn).mean())
-            if not torch.isfinite(loss):
-                raise FloatingPointError("unlearn: loss became non-finite (lower unlearn_lr or unlearn_steps)")
+            # Both terms are means over pairs, so a few pairs at a time, each backward on its own, give the same
+            # gradient as one batch: memory is then one chunk's logits (x vocabulary), not every pair's at once.
             opt.zero_grad()
-            loss.backward()
+            total = 0.0
+            for start in range(0, len(forget), CHUNK):
+                chunk = forget[start:start + CHUNK]
+                lp, n = sequence_logprobs(model, tokenizer, chunk)
+                if hp.unlearn_loss == "ga":
+                    per_pair = lp / n  # ascent on the NLL = descent on the log-likelihood
+                else:
+                    margin = lp - ref[start:start + CHUNK]
+                    per_pair = -(2.0 / hp.unlearn_beta) * F.logsigmoid(-hp.unlearn_beta * margin)
+                loss = per_pair.sum() / len(forget)
+                loss.backward()
+                total += loss.item()
+            for start in range(0, len(retain) if retain_weight else 0, CHUNK):
+                rlp, rn = sequence_logprobs(model, tokenizer, retain[start:start + CHUNK])
+                loss = retain_weight * (-(rlp / rn)).sum() / len(retain)
+                loss.backward()
+                total += loss.item()
+            if not math.isfinite(total):
+                raise FloatingPointError("unlearn: loss became non-finite (lower unlearn_lr or unlearn_steps)")
             opt.step()
     finally:
         for n, p in model.named_parameters():

@@ -78,7 +78,7 @@ def training_job(records: list[TaskRecord], options: Options, context: MethodCon
         raise ValueError(f"distill: {len(rows)} training prompts, fewer than one batch (batch_size x num_workers x "
                          f"grad_accum = {batch})")
     check_vocabularies(context.model, options.teacher.model_dump())
-    return TrainJob(build=build_trainer, options=options, rows=rows, model=context.model, work_dir=context.work_dir,
+    return TrainJob(build=build_trainer, options=options, rows=rows, model=context.model, work_dir=context.training_dir,
                     seed=context.seed, use_gpu=context.use_gpu, method=context.method)
 
 

@@ -39,7 +39,7 @@ def training_job(records: list[TaskRecord], options: Options, context: MethodCon
 
     rows = preference_rows(training_records(options.train_data, records), options.strategy)
     to_dataset(rows, "dpo preference")
-    return TrainJob(build=build_trainer, options=options, rows=rows, model=context.model, work_dir=context.work_dir,
+    return TrainJob(build=build_trainer, options=options, rows=rows, model=context.model, work_dir=context.training_dir,
                     seed=context.seed, use_gpu=context.use_gpu, method=context.method)
 
 

@@ -23,6 +23,7 @@ from data.prompts import shows_update
 from data.records import TaskRecord
 from jobs.inference.generation import GenerationOptions
 from jobs.methods.registry import MethodContext, MethodOptions, MethodOutput
+from jobs.training.options import TrainDataSource
 
 RETAIN_HUMANEVAL = 4  # HumanEval solutions in the unlearning retain set
 
@@ -39,6 +40,10 @@ class Options(MethodOptions):
     locality: int = 3
     strategy: str = "basic"
     generation: GenerationOptions = Field(default_factory=GenerationOptions)  # answering after the edit
+    # The records whose API updates are edited in (and, for unlearning, whose old code is forgotten), e.g. the
+    # migrations' train split; empty = the evaluated records' own updates. Set it to score an edited model
+    # on a dataset without updates (HumanEval: what the edits broke).
+    edit_data: list[TrainDataSource] = Field(default_factory=list)
 
     @field_validator("batch_size")
     @classmethod
@@ -116,7 +121,10 @@ def predict(records: list[TaskRecord], options: Options, context: MethodContext)
     model_name = str(context.model.get("name", "tiny"))
     hp = load_hparams(options.algorithm, options.hparams, model_name)
     model, tokenizer = load_model(context.model, use_gpu=context.use_gpu)
-    requests = requests_from_records(records, options.paraphrases, options.locality, options.max_edits)
+    from jobs.training.data import training_records
+
+    sources = training_records(options.edit_data, records)
+    requests = requests_from_records(sources, options.paraphrases, options.locality, options.max_edits)
     metrics: dict[str, float] = {"n_edits": float(len(requests))}
     files: dict[str, str] = {}
     t0 = time.perf_counter()
@@ -127,7 +135,7 @@ def predict(records: list[TaskRecord], options: Options, context: MethodContext)
 
             parallel = ray.is_initialized()
         backend = backend_name(options.backend)
-        batches = make_batches(records, requests, options, tokenizer)
+        batches = make_batches(sources, requests, options, tokenizer)
         results = run_batches(context.model, options.algorithm, hp, batches, parallel=parallel, seed=context.seed,
                               backend=backend, use_gpu=context.use_gpu, gpus_per_task=options.gpus_per_task)
         reference = scoring.locality_reference(model, tokenizer, requests)

@@ -49,6 +49,10 @@ class ExecutionRewardOptions(BaseModel):
     timeout_s: PositiveFloat = 5.0  # per program
 
 
+# transformers' SchedulerType values that need no extra arguments and keep the warm-up.
+LRScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant_with_warmup", "inverse_sqrt"]
+
+
 class Options(TrainingOptions):
     learning_rate: float = Field(1e-5, gt=0)
     rewards: dict[str, float] = Field(default_factory=lambda: {"recode": 1.0}, min_length=1)
@@ -65,6 +69,9 @@ class Options(TrainingOptions):
     # trainer generates with transformers and the log says so.
     use_vllm: bool = False
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)  # the rest stays for training
+    # The learning-rate schedule after the warm-up (warmup_ratio); TrainingArguments' default is linear.
+    # "constant" is not offered: it would drop the warm-up, a divergence guard that is always on.
+    lr_scheduler_type: LRScheduler = "linear"
 
     @model_validator(mode="after")
     def _check(self) -> "Options":
@@ -139,8 +146,21 @@ def vllm_settings(options: Options, use_gpu: bool) -> dict:
             "vllm_gpu_memory_utilization": options.vllm_gpu_memory_utilization}
 
 
+def grpo_config(o: Options, args: dict, reward_weights: list[float], use_gpu: bool):
+    """The ``GRPOConfig`` a worker trains with: the runner's ``args`` (``common_args``) plus GRPO's options.
+
+    Every GRPO option that reaches TRL goes through here (tests build it without training)."""
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        **{**args, "lr_scheduler_type": o.lr_scheduler_type}, reward_weights=reward_weights,
+        num_generations=o.num_generations, max_completion_length=o.max_completion_length,
+        temperature=o.temperature, beta=o.beta, loss_type=o.loss_type, **vllm_settings(o, use_gpu),
+    )
+
+
 def build_trainer(setup):
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     from jobs.training.rewards import ExecutionWeights, build_rewards
 
@@ -150,11 +170,7 @@ def build_trainer(setup):
     funcs, weights = build_rewards(
         o.rewards, executor, ExecutionWeights(e.runs, e.tests, e.new_api, e.old_api), e.timeout_s
     )
-    config = GRPOConfig(
-        **setup.args, reward_weights=weights, num_generations=o.num_generations,
-        max_completion_length=o.max_completion_length, temperature=o.temperature, beta=o.beta,
-        loss_type=o.loss_type, **vllm_settings(o, setup.job.use_gpu),
-    )
+    config = grpo_config(o, setup.args, weights, setup.job.use_gpu)
     trainer = GRPOTrainer(model=setup.load_model(), reward_funcs=funcs, args=config,
                           train_dataset=setup.train_dataset, eval_dataset=setup.eval_dataset,
                           processing_class=setup.tokenizer, peft_config=setup.peft_config)
@@ -190,7 +206,7 @@ def training_job(records: list[TaskRecord], options: Options, context: MethodCon
         pool = context.executor  # the run's sandbox pool, when the driver runs this job
         if pool is None and options.executor == "pool":
             raise RuntimeError("grpo: executor: pool, but this run has no sandbox pool")
-    return TrainJob(build=build_trainer, options=options, rows=rows, model=context.model, work_dir=context.work_dir,
+    return TrainJob(build=build_trainer, options=options, rows=rows, model=context.model, work_dir=context.training_dir,
                     seed=context.seed, use_gpu=context.use_gpu, extra={"pool": pool}, method=context.method)
 
 
@@ -198,7 +214,7 @@ def predict(records: list[TaskRecord], options: Options, context: MethodContext)
     from jobs.training.answer import method_output
     from jobs.training.runner import run_training
 
-    log = Path(context.work_dir) / REWARD_LOG
+    log = Path(context.training_dir) / REWARD_LOG
     outcome = run_training(training_job(records, options, context))
     output = method_output(records, outcome, options, context,
                            chats=[messages(r, options) for r in records])

@@ -38,10 +38,18 @@ class MethodOptions(BaseModel):
 class MethodContext:
     model: dict[str, Any]  # the spec's model section
     work_dir: Path  # this job's scratch directory inside the run
+    # The method's directory shared by its jobs of one seed: a trainer that trains once for every dataset
+    # (trains_once_for_all_datasets) keeps its run there, so the second dataset reuses the adapter.
+    shared_dir: Path | None = None
     seed: int = 0
     use_gpu: bool = False
     method: str = ""  # the method's name in the spec: tags metrics and names Ray tasks
     executor: Any = None  # the run's sandbox pool (a jobs.sandbox.executor.Executor), for execution rewards
+
+
+    @property
+    def training_dir(self) -> Path:
+        return self.shared_dir or self.work_dir
 
 
 @dataclass
@@ -79,6 +87,27 @@ def runs_model_in_task(kind: str, options: dict[str, Any]) -> bool:
     module = method_module(kind)
     fn = getattr(module, "gpus", None)
     return bool(fn and fn(module.Options.model_validate(options)))
+
+
+def stochastic(kind: str, options: dict[str, Any]) -> bool:
+    """Does the kind's result depend on its seed? Training does (initialisation, data order, sampling in
+    GRPO); generation does when it samples. Such methods run once per seed of the spec's ``seeds``."""
+    module = method_module(kind)
+    if hasattr(module, "training_job"):
+        return True
+    generation = module.Options.model_validate(options).model_dump().get("generation") or {}
+    return bool(generation.get("temperature", 0) > 0)
+
+
+def trains_once_for_all_datasets(kind: str, options: dict[str, Any]) -> bool:
+    """A trainer whose training data does not depend on the evaluated records trains once per seed, and
+    the same adapter answers every dataset (its jobs then share a directory and run one at a time)."""
+    module = method_module(kind)
+    if not hasattr(module, "training_job"):
+        return False
+    from jobs.training.data import trains_on_eval_records
+
+    return not trains_on_eval_records(module.Options.model_validate(options).train_data)
 
 
 def method_module(kind: str) -> ModuleType:

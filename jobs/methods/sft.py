@@ -33,7 +33,7 @@ def training_job(records: list[TaskRecord], options: Options, context: MethodCon
 
     rows = sft_rows(training_records(options.train_data, records), options.strategy)
     to_dataset(rows, "sft")  # fail here, before any worker starts, when there is nothing to train on
-    return TrainJob(build=build_trainer, options=options, rows=rows, model=context.model, work_dir=context.work_dir,
+    return TrainJob(build=build_trainer, options=options, rows=rows, model=context.model, work_dir=context.training_dir,
                     seed=context.seed, use_gpu=context.use_gpu, method=context.method)
 
 

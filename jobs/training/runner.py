@@ -19,7 +19,7 @@ worker; the runner does the rest:
   ``<work_dir>/ray/train``; ``FailureConfig(max_failures)`` restarts failed
   workers from the last one, and a new call with the same ``work_dir`` (a
   resumed run after a killed driver) continues from it, or, when training had
-  finished, returns the saved result without training again;
+  finished, returns the saved result (``final/outcome.json``) without starting workers;
 - the end: the adapter and a summary are reported as the final checkpoint.
 """
 
@@ -33,11 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from data.io import atomic_write_json
 from jobs.training.options import TrainingOptions
 
 RUN_NAME = "train"
 SUMMARY = "summary.json"
 ADAPTER = "adapter"
+OUTCOME = "outcome.json"  # beside the kept adapter once a run finished: a later call returns it as is
 HF_CHECKPOINT = "checkpoint"  # the Trainer's checkpoint folder inside a Ray checkpoint
 REPORT_EVERY_S = 2.5  # per-step metrics go to Ray at most this often (its controller polls every 2 s)
 PROGRESS = "steps-done"  # in the work dir: optimizer steps run so far (rank 0 rewrites it every step)
@@ -115,9 +117,15 @@ def run_training(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
 
     t0 = time.monotonic()
     o = job.options
+    storage = Path(job.work_dir).resolve() / "ray"
+    done = storage / "final" / OUTCOME
+    if done.exists():  # trained by an earlier call (another dataset's job of the same method): no workers
+        saved = json.loads(done.read_text())
+        adapter = storage / "final" / ADAPTER
+        return TrainOutcome(adapter_dir=adapter if adapter.is_dir() else None, metrics=saved["metrics"],
+                            diverged=saved["diverged"], train_time_s=saved["train_time_s"])
     model_path(job.model)  # build the tiny model once here, not in every worker at the same time
     validation_split(job.rows, o, job.seed)  # too few examples to hold any out: fail before any worker starts
-    storage = Path(job.work_dir).resolve() / "ray"
     storage.mkdir(parents=True, exist_ok=True)
     if not ray.is_initialized():
         ray.init(logging_level="WARNING")
@@ -156,10 +164,13 @@ def run_training(job: TrainJob, callbacks: Sequence[Any] = ()) -> TrainOutcome:
         if adapter.is_dir() and adapter.resolve() != (keep / ADAPTER).resolve():
             shutil.rmtree(keep, ignore_errors=True)
             shutil.copytree(adapter, keep / ADAPTER)
-    return TrainOutcome(
+    outcome = TrainOutcome(
         adapter_dir=(keep / ADAPTER) if (keep / ADAPTER).is_dir() else None,
         metrics=summary["metrics"], diverged=summary.get("diverged"), train_time_s=time.monotonic() - t0,
     )
+    atomic_write_json(keep / OUTCOME, {"metrics": outcome.metrics, "diverged": outcome.diverged,
+                                       "train_time_s": outcome.train_time_s})
+    return outcome
 
 
 def _first_line(exc: BaseException) -> str:

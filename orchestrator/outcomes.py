@@ -1,0 +1,99 @@
+"""Per-record outcomes of a run, read back from ``predictions/*.jsonl``, with intervals and paired comparisons.
+
+The report and ``compare`` compute every interval from these files (never from the means in
+``metrics.json``), so a rate, its interval and a difference between methods always come from the same records.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from jobs.evaluation import intervals
+from orchestrator.plan import split_job_id
+
+# Per-record rates with intervals: the column in the predictions rows for each reported metric.
+RATES = {"syntax_ok": "syntax_ok", "exec_ok": "exec_ok", "pass@1": "passed", "exact_match": "exact_match",
+         "api_ok": "api_ok"}
+FORGETTING_KINDS = ("humaneval",)  # datasets without an API update: a change there is forgetting
+
+
+@dataclass
+class Outcomes:
+    """One method on one dataset: record ids and a ``(seeds, records)`` matrix per metric (NaN = undecided)."""
+
+    ids: tuple[str, ...]
+    seeds: tuple[int | None, ...]
+    values: dict[str, np.ndarray]
+
+    def rate(self, metric: str) -> intervals.Estimate | None:
+        m = self.values.get(metric)
+        if m is None or np.isnan(m).all():
+            return None
+        return intervals.rate(m)
+
+
+def _value(row: dict, key: str) -> float:
+    v = row.get(key)
+    return float("nan") if v is None else float(v)
+
+
+def load_outcomes(run_dir: Path) -> dict[tuple[str, str], Outcomes]:
+    """``{(method, dataset): Outcomes}`` from every predictions file of the run, seeds stacked."""
+    by_pair: dict[tuple[str, str], list[tuple[int | None, list[dict]]]] = {}
+    for path in sorted((Path(run_dir) / "predictions").glob("*.jsonl")):
+        method, dataset, seed = split_job_id(path.stem)
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        by_pair.setdefault((method, dataset), []).append((seed, rows))
+    out = {}
+    for pair, runs in by_pair.items():
+        ids = tuple(r["id"] for r in runs[0][1])
+        for seed, rows in runs[1:]:
+            if tuple(r["id"] for r in rows) != ids:
+                raise ValueError(f"{pair[0]} on {pair[1]}: seed {seed} was scored on other records than seed "
+                                 f"{runs[0][0]}")
+        values = {name: np.array([[_value(r, key) for r in rows] for _, rows in runs])
+                  for name, key in RATES.items()}
+        out[pair] = Outcomes(ids, tuple(s for s, _ in runs), values)
+    return out
+
+
+def paired(a: Outcomes, b: Outcomes, metric: str = "pass@1") -> intervals.Estimate | None:
+    """``a - b`` on the records both were scored on; None where they were not scored on the same records."""
+    if set(a.ids) != set(b.ids):
+        return None
+    order = [b.ids.index(i) for i in a.ids] if a.ids != b.ids else slice(None)
+    return intervals.paired_difference(a.values[metric], b.values[metric][:, order])
+
+
+def dataset_kinds(run_dir: Path) -> dict[str, str]:
+    """``{dataset name: kind}`` from the run's own spec copy (kind defaults to the name)."""
+    path = Path(run_dir) / "spec.yaml"
+    if not path.exists():
+        return {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return {d["name"]: d.get("kind") or d["name"] for d in data.get("datasets", [])}
+
+
+def baseline_of(run_dir: Path) -> str | None:
+    """The run's baseline method: the spec's ``baseline``, else its first ``prompt`` method."""
+    path = Path(run_dir) / "spec.yaml"
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else {}
+    data = data or {}
+    if data.get("baseline"):
+        return data["baseline"]
+    return next((m["name"] for m in data.get("methods", []) if m.get("kind") == "prompt"), None)
+
+
+def fmt_interval(est: intervals.Estimate | None) -> str:
+    return "n/a" if est is None else f"{est.value:.3f} [{est.low:.2f}, {est.high:.2f}]"
+
+
+def fmt_difference(est: intervals.Estimate | None) -> str:
+    if est is None:
+        return "n/a"
+    return f"{est.value * 100:+.1f} [{est.low * 100:+.1f}, {est.high * 100:+.1f}]"
