@@ -13,7 +13,7 @@ from pathlib import Path
 from data.io import atomic_write_text
 from jobs.evaluation.intervals import direction
 from orchestrator.manifest import Manifest
-from orchestrator.outcomes import Outcomes, baseline_of, fmt_difference, fmt_interval, load_outcomes, paired
+from orchestrator.outcomes import Outcomes, fmt_difference, fmt_interval, load_outcomes, paired, run_spec
 from orchestrator.report import save_figure
 
 
@@ -66,7 +66,7 @@ def compare_runs(run_dirs: list[Path], out_dir: Path) -> str:
         if label in runs:
             raise CompareError(f"{run_dir}: given twice")
         runs[label] = load_outcomes(run_dir)
-        bases[label] = baseline_of(run_dir)
+        bases[label] = run_spec(run_dir)[1]
         if not runs[label]:
             raise CompareError(f"{run_dir}: no finished job to compare")
     _check_same_records(runs)

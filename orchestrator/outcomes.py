@@ -32,9 +32,7 @@ class Outcomes:
 
     def rate(self, metric: str) -> intervals.Estimate | None:
         m = self.values.get(metric)
-        if m is None or np.isnan(m).all():
-            return None
-        return intervals.rate(m)
+        return None if m is None else intervals.rate(m)
 
 
 def _value(row: dict, key: str) -> float:
@@ -70,23 +68,13 @@ def paired(a: Outcomes, b: Outcomes, metric: str = "pass@1") -> intervals.Estima
     return intervals.paired_difference(a.values[metric], b.values[metric][:, order])
 
 
-def dataset_kinds(run_dir: Path) -> dict[str, str]:
-    """``{dataset name: kind}`` from the run's own spec copy (kind defaults to the name)."""
+def run_spec(run_dir: Path) -> tuple[dict[str, str], str | None]:
+    """``({dataset name: kind}, baseline method)`` from the run's own spec copy, where validation resolved both
+    (a raw read: a moved dataset file must not stop a report)."""
     path = Path(run_dir) / "spec.yaml"
-    if not path.exists():
-        return {}
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    return {d["name"]: d.get("kind") or d["name"] for d in data.get("datasets", [])}
-
-
-def baseline_of(run_dir: Path) -> str | None:
-    """The run's baseline method: the spec's ``baseline``, else its first ``prompt`` method."""
-    path = Path(run_dir) / "spec.yaml"
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else {}
-    data = data or {}
-    if data.get("baseline"):
-        return data["baseline"]
-    return next((m["name"] for m in data.get("methods", []) if m.get("kind") == "prompt"), None)
+    data = (yaml.safe_load(path.read_text(encoding="utf-8")) if path.exists() else None) or {}
+    kinds = {d["name"]: d.get("kind") or d["name"] for d in data.get("datasets", [])}
+    return kinds, data.get("baseline")
 
 
 def fmt_interval(est: intervals.Estimate | None) -> str:

@@ -138,7 +138,8 @@ def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     if dirty_then != dirty_now:
         out.append(f"working tree: {_tree(dirty_then)} -> {_tree(dirty_now)}")
     if recorded.get("code_hash") != current.get("code_hash"):
-        out.append(f"code (hash of the sources): {_show(recorded.get('code_hash'))} -> {_show(current.get('code_hash'))}")
+        then, now = _show(recorded.get("code_hash")), _show(current.get("code_hash"))
+        out.append(f"code (hash of the sources): {then} -> {now}")
     if recorded.get("python") != current.get("python"):
         out.append(f"python: {_show(recorded.get('python'))} -> {_show(current.get('python'))}")
     pkgs_then, pkgs_now = _section(recorded, "packages"), _section(current, "packages")

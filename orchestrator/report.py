@@ -14,12 +14,11 @@ from orchestrator.outcomes import (
     FORGETTING_KINDS,
     RATES,
     Outcomes,
-    baseline_of,
-    dataset_kinds,
     fmt_difference,
     fmt_interval,
     load_outcomes,
     paired,
+    run_spec,
 )
 from orchestrator.plan import split_job_id
 
@@ -217,8 +216,7 @@ def render_report(run_dir: Path) -> str:
     metrics = load_metrics(run_dir)
     found = load_outcomes(run_dir)
     outcomes = {pair: found[pair] for pair in _pairs(manifest) if pair in found}  # the spec's order
-    kinds = dataset_kinds(run_dir)
-    base = baseline_of(run_dir)
+    kinds, base = run_spec(run_dir)
     parts = [f"# {manifest.data['experiment']} — run {manifest.data['run_id']}", "",
              results_table(metrics, manifest, outcomes)]
     failures = [(jid, j.get("error", "")) for jid, j in manifest.jobs.items() if j["state"] in ("failed", "diverged")]

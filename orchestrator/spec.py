@@ -135,11 +135,6 @@ class ExperimentSpec(_Strict):
     def run_seeds(self) -> list[int]:
         return list(self.seeds) or [self.seed]
 
-    @property
-    def baseline_method(self) -> str | None:
-        if self.baseline is not None:
-            return self.baseline
-        return next((m.name for m in self.methods if m.kind == "prompt"), None)
 
     @model_validator(mode="after")
     def _unique_names(self) -> "ExperimentSpec":
@@ -156,7 +151,9 @@ class ExperimentSpec(_Strict):
                 raise ValueError(f"methods[{i}].datasets: no dataset named '{unknown[0]}' in datasets")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds: each seed may appear once")
-        if self.baseline is not None and self.baseline not in {m.name for m in self.methods}:
+        if self.baseline is None:  # resolved here, so the run's spec.yaml names the baseline it was reported against
+            self.baseline = next((m.name for m in self.methods if m.kind == "prompt"), None)
+        elif self.baseline not in {m.name for m in self.methods}:
             raise ValueError(f"baseline: no method named '{self.baseline}' in methods")
         if self.tune is not None:
             tuned = next((m for m in self.methods if m.name == self.tune.method), None)

@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
 from orchestrator import cli, driver
 from orchestrator.manifest import Manifest
 from orchestrator.plan import PlannedJob
 from orchestrator.report import render_report
-from orchestrator.spec import parse_spec
+from orchestrator.spec import dump_spec, parse_spec
 
 SPEC = {
     "name": "study", "seeds": [0, 1],
@@ -25,7 +23,7 @@ def make_run(root: Path, run_id: str, passed: dict[str, list[int]], ids: dict[st
     """A finished run: ``passed[job_id]`` is each record's outcome."""
     run_dir = root / "study" / run_id
     (run_dir / "predictions").mkdir(parents=True)
-    (run_dir / "spec.yaml").write_text(yaml.safe_dump(SPEC))
+    (run_dir / "spec.yaml").write_text(dump_spec(parse_spec(SPEC)))  # as a run writes it
     manifest = Manifest.create(run_dir, run_id, "study", list(passed))
     for job_id, outcome in passed.items():
         dataset = job_id.split("__")[1]

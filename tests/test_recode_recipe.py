@@ -66,7 +66,7 @@ def test_spec_is_gpu_sized_with_a_qwen_coder_model_and_a_prompt_baseline(spec):
     assert spec.model.name.startswith("Qwen/Qwen2.5-Coder-") and spec.model.name.endswith("-Instruct")
     assert spec.resources.use_gpu
     kinds = {m.name: m.kind for m in spec.methods}
-    assert kinds[spec.baseline_method] == "prompt"
+    assert kinds[spec.baseline] == "prompt"
     assert {d.name: d.split for d in spec.datasets} == {"migrations": "test", "codeupdatearena": None}
 
 

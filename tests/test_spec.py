@@ -125,7 +125,7 @@ def test_study_covers_every_family_trains_on_train_splits_and_measures_forgettin
     kinds = {m.kind for m in spec.methods}
     assert {"reference", "old_api", "rules", "prompt", "sft", "dpo", "grpo", "edit"} <= kinds
     assert {m.options["algorithm"] for m in spec.methods if m.kind == "edit"} == {"rome", "memit", "unlearn"}
-    assert len(spec.run_seeds) >= 2 and spec.baseline_method == "prompt-basic"
+    assert len(spec.run_seeds) >= 2 and spec.baseline == "prompt-basic"
     assert "humaneval" in {d.kind for d in spec.datasets}
     for m in spec.methods:
         sources = m.options.get("train_data", m.options.get("edit_data"))
