@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -36,22 +38,31 @@ class DataError(RuntimeError):
     """A dataset named by the spec could not be loaded (bad record, unreadable file)."""
 
 
-def start_ray(spec: ExperimentSpec, address: str | None, run_id: str = "") -> None:
-    """Join a cluster (``--address`` or ``RAY_ADDRESS``) or start a local Ray instance."""
+def start_ray(spec: ExperimentSpec, address: str | None, run_id: str = "") -> bool:
+    """Join a cluster (``--address`` or ``RAY_ADDRESS``) or start a local Ray instance.
+
+    Returns whether this call connected (False when the caller had already initialised Ray).
+    """
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     address = address or os.environ.get("RAY_ADDRESS")
     # The dashboard's Jobs page shows these; a submitted job keeps the name given to `ray job submit`.
     metadata = {"job_name": f"apimig {spec.name} {run_id}".strip(), "apimig_experiment": spec.name,
                 "apimig_run": run_id}
     kwargs = {"logging_level": logging.WARNING, "namespace": "apimig",
               "job_config": ray.job_config.JobConfig(metadata=metadata)}
+    # ray.init makes SIGTERM a bare exit; the caller's handler (the CLI: stop like Ctrl-C, so jobs go back
+    # to pending and the resume hint is printed) must survive it.
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     if address:
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=spec.resources.num_cpus, **kwargs)
+    if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
+    return True
 
 
 def _record_model(spec: ExperimentSpec, run_dir: Path, echo: Callable[[str], None]) -> None:
@@ -123,7 +134,7 @@ def run_experiment(
     _record_model(spec, run_dir, echo)
     _record_provenance(spec, run_dir, echo)
 
-    start_ray(spec, address, run_dir.name)
+    owns_ray = start_ray(spec, address, run_dir.name)
     limits = Limits(memory_mb=spec.eval.memory_mb, disk_mb=spec.eval.disk_mb, max_files=spec.eval.max_files)
     pool = SandboxPool.start(
         size=spec.eval.pool_size, preload=spec.eval.preload, limits=limits, name=f"sandbox-{run_dir.name}",
@@ -165,12 +176,30 @@ def run_experiment(
                 echo(f"[{finished}/{total}] running: {busy}; programs executed: {done} ({passed} passed)")
                 _sync(mirror, echo)
     finally:  # Ctrl-C or any error: nothing stays "running", nothing keeps computing
-        for ref, jid in running.items():
-            ray.cancel(ref, force=True)
+        for jid in running.values():  # the manifest first: whatever happens next, a resume redoes them
             manifest.update(jid, "pending", interrupted=True)
         pool.close()
         _sync(mirror, echo)
+        if running:
+            _stop(list(running), owns_ray)
     return manifest
+
+
+def _stop(refs: list, owns_ray: bool) -> None:
+    """End the tasks still running when the loop is left early.
+
+    ``ray.cancel(force=True)`` racing a task's own reply can trip a check in Ray's core worker that kills
+    the driver (the race class of ray-project/ray#54846; CI saw it on an interrupted run). Disconnecting
+    is Ray's own cleanup: when a driver leaves, the cluster kills its tasks, and a local instance stops.
+    Only a caller that brought its own Ray session keeps it, so its tasks are cancelled one by one.
+    """
+    import ray
+
+    if owns_ray:
+        ray.shutdown()
+        return
+    for ref in refs:
+        ray.cancel(ref, force=True)
 
 
 def _next_job(queue: list[str], jobs: dict[str, PlannedJob], running) -> PlannedJob | None:

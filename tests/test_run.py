@@ -78,7 +78,9 @@ resources: {num_workers: 1}
 """
 
 
-def test_ctrl_c_then_resume_redoes_only_unfinished_jobs(in_repo, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_then_resume_redoes_only_unfinished_jobs(in_repo, tmp_path, signum):
+    """Ctrl-C and SIGTERM (what `ray job stop` and schedulers send) both stop cleanly with 130."""
     spec = tmp_path / "resumable.yaml"
     spec.write_text(RESUME_SPEC)
     artifacts = tmp_path / "artifacts"
@@ -97,7 +99,7 @@ def test_ctrl_c_then_resume_redoes_only_unfinished_jobs(in_repo, tmp_path):
                 break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be interrupted: " + proc.stderr.read()[-2000:]
-    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "--resume" in err
