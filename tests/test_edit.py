@@ -49,3 +49,21 @@ def test_easyedit_yaml_loads_and_bad_keys_fail_in_one_line(tmp_path):
         Options.model_validate({"algorithm": "rome", "hparams": str(tmp_path / "missing.yaml")})
     for alg in ("rome", "memit", "unlearn"):  # the shipped defaults load
         assert load_hparams(alg, None, "tiny").alg_name == alg.upper()
+
+
+def test_unlearning_retains_humaneval_problems_that_a_limited_humaneval_run_does_not_score():
+    """The retain term trains on a few HumanEval solutions; scoring forgetting on them would flatter it."""
+    from data.humaneval import load_humaneval
+    from jobs.inference.models import load_model
+    from jobs.methods.edit import make_batches
+
+    _, tokenizer = load_model({"name": "tiny"})
+    records = load_migrations(split="train")[:2]
+    options = Options(algorithm="unlearn", max_edits=2)
+    batches = make_batches(records, requests_from_records(records, 1, 1, 2), options, tokenizer)
+    retained = {prompt for batch in batches for prompt, _ in batch.retain}
+    humaneval = load_humaneval()
+    assert retained & {r.prompt for r in humaneval}, "the retain set holds HumanEval solutions"
+    assert not retained & {r.prompt for r in humaneval[:100]}
+    # the shipped default (real models) is gentle; the tiny model's own file keeps its faster setting
+    assert load_hparams("unlearn", None, "smollm2-135m").unlearn_lr <= 1e-4 < load_hparams("unlearn", None).unlearn_lr

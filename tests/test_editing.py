@@ -227,3 +227,33 @@ def test_stopped_forward_captures_the_same_keys_and_runs_nothing_above():
     finally:
         handle.remove()
     assert torch.equal(full[name], early[name]) and not ran_above
+
+
+def test_an_edit_from_fixed_records_is_made_once_and_reused_for_every_dataset(tmp_path, monkeypatch):
+    """A method with edit_data edits once; its other datasets' jobs add the saved deltas, nothing is re-solved."""
+    from data.humaneval import load_humaneval
+    from data.migrations import load_migrations
+    from jobs.editing import batches
+    from jobs.methods import edit
+    from jobs.methods.registry import MethodContext
+
+    options = edit.Options(algorithm="rome", max_edits=1, paraphrases=1, locality=1, parallel="serial",
+                           edit_data=[{"kind": "migrations", "split": "train", "limit": 2}],
+                           generation={"max_new_tokens": 8})
+    shared = tmp_path / "work" / "rome"
+    first = edit.predict(load_migrations(split="test")[:2], options,
+                         MethodContext(model={"name": "tiny"}, work_dir=tmp_path / "a", shared_dir=shared))
+    saved_deltas = __import__("safetensors.torch").torch.load_file(str(shared / "edit" / "deltas.safetensors"))
+    assert saved_deltas and first.metrics["n_edits"] == 1.0 and "edits.jsonl" in first.files
+
+    def no_second_edit(*args, **kwargs):
+        raise AssertionError("the edit was solved again")
+
+    monkeypatch.setattr(batches, "run_batches", no_second_edit)
+    again = edit.predict(load_migrations(split="test")[:2], options,
+                         MethodContext(model={"name": "tiny"}, work_dir=tmp_path / "b", shared_dir=shared))
+    assert again.codes == first.codes  # the same edited model answers the same records the same way
+    assert again.metrics == first.metrics and again.files == first.files and again.train_time_s == first.train_time_s
+    other = edit.predict(load_humaneval(limit=2), options,
+                         MethodContext(model={"name": "tiny"}, work_dir=tmp_path / "c", shared_dir=shared))
+    assert len(other.codes) == 2 and other.metrics == first.metrics

@@ -63,6 +63,8 @@ methods:
   - {name: sampled, kind: prompt, generation: {temperature: 0.8}}
   - {name: sft, kind: sft, train_data: [{kind: migrations, split: train}]}
   - {name: sft-self, kind: sft}
+  - {name: memit, kind: edit, algorithm: memit, edit_data: [{kind: migrations, split: train}]}
+  - {name: rome-self, kind: edit, algorithm: rome}
 """
 
 
@@ -75,5 +77,8 @@ def test_plan_runs_stochastic_methods_per_seed_and_groups_shared_training():
     # trains on the train split only: one training per seed, shared by both datasets
     assert jobs["sft__migrations__s1"].group == jobs["sft__humaneval__s1"].group == "sft__s1"
     assert jobs["sft-self__migrations__s1"].group is None  # trains on what it is scored on: per dataset
+    # an edit from the train split is made once and shared; one from the scored records is per dataset
+    assert jobs["memit__migrations"].group == jobs["memit__humaneval"].group == "memit"
+    assert jobs["rome-self__migrations"].group is None and "rome-self__migrations__s1" not in jobs
     assert split_job_id("sft__humaneval__s2") == ("sft", "humaneval", 2)
     assert split_job_id("greedy__migrations") == ("greedy", "migrations", None)

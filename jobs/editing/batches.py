@@ -127,14 +127,10 @@ def _edit(model, tokenizer, algorithm: str, hp: EditHParams, batch: EditBatch, s
 
 def _unlearn_extra(model, tokenizer, batch: EditBatch, saved, params) -> dict[str, float]:
     """Mean per-token log-likelihood of the forget and retain sets, after and before unlearning."""
-    from jobs.editing.unlearn import sequence_logprobs
+    from jobs.editing.unlearn import mean_logprob
 
     def mean_lp(pairs):
-        if not pairs:
-            return float("nan")
-        with torch.no_grad():
-            lp, n = sequence_logprobs(model, tokenizer, pairs)
-        return float((lp / n).mean())
+        return mean_logprob(model, tokenizer, pairs)
 
     after = {"forget_logprob": mean_lp(batch.forget), "retain_logprob": mean_lp(batch.retain)}
     edited = {n: params[n].detach().clone() for n in saved}
@@ -180,11 +176,20 @@ def run_batches(model_spec: dict[str, Any], algorithm: str, hp: EditHParams, bat
     return ray.get(refs)
 
 
-def merge(model, results: Sequence[BatchResult]) -> None:
-    """Add every batch's deltas to ``model`` in place (edits to one matrix add up, like sequential edits
+def combined(results: Sequence[BatchResult]) -> dict[str, torch.Tensor]:
+    """Every batch's deltas summed per parameter (edits to one matrix add up, like sequential edits
     without re-solving for each other's keys)."""
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for res in sorted(results, key=lambda r: r.index):
-            for name, d in res.deltas.items():
-                params[name].add_(d.to(params[name].device, params[name].dtype))
+    out: dict[str, torch.Tensor] = {}
+    for res in sorted(results, key=lambda r: r.index):
+        for name, d in res.deltas.items():
+            out[name] = out[name] + d if name in out else d.clone()
+    return out
+
+
+def merge(model, results: Sequence[BatchResult]) -> dict[str, torch.Tensor]:
+    """Add the batches' :func:`combined` deltas to ``model`` in place; returns them."""
+    from jobs.editing.saved import apply
+
+    deltas = combined(results)
+    apply(model, deltas)
+    return deltas

@@ -57,6 +57,18 @@ def sequence_logprobs(model, tokenizer, pairs: Sequence[Pair]) -> tuple[torch.Te
     return (logp * keep).sum(1), keep.sum(1)
 
 
+def mean_logprob(model, tokenizer, pairs: Sequence[Pair]) -> float:
+    """Mean over pairs of the per-token completion log-likelihood (no grad; a chunk at a time)."""
+    if not pairs:
+        return float("nan")
+    values = []
+    with torch.no_grad():
+        for start in range(0, len(pairs), CHUNK):
+            lp, n = sequence_logprobs(model, tokenizer, pairs[start:start + CHUNK])
+            values += (lp / n).tolist()
+    return sum(values) / len(values)
+
+
 def trainable(model, hp: EditHParams) -> list[tuple[str, torch.nn.Parameter]]:
     layers = hp.unlearn_layers if hp.unlearn_layers is not None else range(model.config.num_hidden_layers)
     prefixes = tuple(hp.mlp_module_tmp.format(l) + "." for l in layers)

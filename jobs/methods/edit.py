@@ -25,7 +25,9 @@ from jobs.inference.generation import GenerationOptions
 from jobs.methods.registry import MethodContext, MethodOptions, MethodOutput
 from jobs.training.options import TrainDataSource
 
-RETAIN_HUMANEVAL = 4  # HumanEval solutions in the unlearning retain set
+# HumanEval solutions in the unlearning retain set, from the end of the set: HumanEval scored with a limit
+# (the first problems) then measures forgetting on problems the retain term never saw.
+RETAIN_HUMANEVAL = 4
 
 
 class Options(MethodOptions):
@@ -78,7 +80,7 @@ def make_batches(records, requests, options: Options, tokenizer) -> list:
     if options.algorithm == "unlearn":
         from data.humaneval import load_humaneval
 
-        retain_extra = [(r.prompt, r.reference or "") for r in load_humaneval(limit=RETAIN_HUMANEVAL)]
+        retain_extra = [(r.prompt, r.reference or "") for r in load_humaneval()[-RETAIN_HUMANEVAL:]]
     batches = []
     for b, start in enumerate(range(0, len(requests), options.batch_size)):
         chunk = tuple(requests[start:start + options.batch_size])
@@ -112,21 +114,45 @@ def gpus(options: Options) -> float:
 
 
 def predict(records: list[TaskRecord], options: Options, context: MethodContext) -> MethodOutput:
+    from jobs.editing import saved
+    from jobs.inference.models import load_model
+
+    model, tokenizer = load_model(context.model, use_gpu=context.use_gpu)
+    # Edits from fixed records are the same for every dataset: the first job of the method saves them in
+    # its shared directory, the others add the saved deltas (see registry.trains_once_for_all_datasets).
+    keep = context.shared_dir / "edit" if context.shared_dir else None
+    edit = saved.load(keep) if keep else None
+    if edit is None:
+        edit = make_edit(model, tokenizer, records, options, context)
+        if keep:
+            saved.save(keep, edit)
+    else:
+        saved.apply(model, edit.deltas)
+    codes = answer(model, tokenizer, records, options, context.seed)
+    return MethodOutput(codes=codes, train_time_s=edit.edit_time_s, metrics=dict(edit.metrics),
+                        files=dict(edit.files), shows_update=shows_update(options.strategy))
+
+
+def learning_data(options: Options) -> list[TrainDataSource]:
+    """Where the edits come from, for the planner (empty: the evaluated records)."""
+    return options.edit_data
+
+
+def make_edit(model, tokenizer, records: list[TaskRecord], options: Options, context: MethodContext):
+    """Edit ``model`` in place for the API updates of ``options.edit_data`` (or ``records``) and measure it."""
     from jobs.editing import scoring
     from jobs.editing.batches import backend_name, merge, run_batches
     from jobs.editing.hparams import load_hparams
     from jobs.editing.requests import requests_from_records
-    from jobs.inference.models import load_model
-
-    model_name = str(context.model.get("name", "tiny"))
-    hp = load_hparams(options.algorithm, options.hparams, model_name)
-    model, tokenizer = load_model(context.model, use_gpu=context.use_gpu)
+    from jobs.editing.saved import SavedEdit
     from jobs.training.data import training_records
 
+    hp = load_hparams(options.algorithm, options.hparams, str(context.model.get("name", "tiny")))
     sources = training_records(options.edit_data, records)
     requests = requests_from_records(sources, options.paraphrases, options.locality, options.max_edits)
     metrics: dict[str, float] = {"n_edits": float(len(requests))}
     files: dict[str, str] = {}
+    deltas: dict = {}
     t0 = time.perf_counter()
     if requests:
         parallel = options.parallel == "ray"
@@ -139,7 +165,7 @@ def predict(records: list[TaskRecord], options: Options, context: MethodContext)
         results = run_batches(context.model, options.algorithm, hp, batches, parallel=parallel, seed=context.seed,
                               backend=backend, use_gpu=context.use_gpu, gpus_per_task=options.gpus_per_task)
         reference = scoring.locality_reference(model, tokenizer, requests)
-        merge(model, results)
+        deltas = merge(model, results)
         merged_rows = scoring.score(model, tokenizer, requests, reference)
         isolated_rows = [row for res in results for row in res.rows]
         metrics.update(scoring.average(merged_rows))
@@ -154,7 +180,4 @@ def predict(records: list[TaskRecord], options: Options, context: MethodContext)
                         "ground_truth": r.ground_truth, "records": list(r.record_ids), "merged": m, "isolated": i})
             + "\n" for r, m, i in zip(requests, merged_rows, isolated_rows))
         files["hparams.json"] = json.dumps(hp.resolve(model).model_dump(), indent=2) + "\n"
-    edit_time = time.perf_counter() - t0
-    codes = answer(model, tokenizer, records, options, context.seed)
-    return MethodOutput(codes=codes, train_time_s=edit_time, metrics=metrics, files=files,
-                        shows_update=shows_update(options.strategy))
+    return SavedEdit(deltas, metrics, files, time.perf_counter() - t0)

@@ -100,14 +100,20 @@ def stochastic(kind: str, options: dict[str, Any]) -> bool:
 
 
 def trains_once_for_all_datasets(kind: str, options: dict[str, Any]) -> bool:
-    """A trainer whose training data does not depend on the evaluated records trains once per seed, and
-    the same adapter answers every dataset (its jobs then share a directory and run one at a time)."""
+    """A trainer or editor whose data does not depend on the evaluated records learns once per seed, and
+    the same adapter or edit answers every dataset (its jobs then share a directory and run one at a time).
+    Trainers name their data ``train_data``; other kinds that learn expose ``learning_data(options)``."""
     module = method_module(kind)
-    if not hasattr(module, "training_job"):
+    opts = module.Options.model_validate(options)
+    if hasattr(module, "training_job"):
+        sources = opts.train_data
+    elif hasattr(module, "learning_data"):
+        sources = module.learning_data(opts)
+    else:
         return False
     from jobs.training.data import trains_on_eval_records
 
-    return not trains_on_eval_records(module.Options.model_validate(options).train_data)
+    return not trains_on_eval_records(sources)
 
 
 def method_module(kind: str) -> ModuleType:
