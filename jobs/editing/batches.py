@@ -127,11 +127,11 @@ def _edit(model, tokenizer, algorithm: str, hp: EditHParams, batch: EditBatch, s
 
 def _unlearn_extra(model, tokenizer, batch: EditBatch, saved, params) -> dict[str, float]:
     """Mean per-token log-likelihood of the forget and retain sets, after and before unlearning."""
+    from functools import partial
+
     from jobs.editing.unlearn import mean_logprob
 
-    def mean_lp(pairs):
-        return mean_logprob(model, tokenizer, pairs)
-
+    mean_lp = partial(mean_logprob, model, tokenizer)
     after = {"forget_logprob": mean_lp(batch.forget), "retain_logprob": mean_lp(batch.retain)}
     edited = {n: params[n].detach().clone() for n in saved}
     with torch.no_grad():
