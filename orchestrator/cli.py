@@ -47,8 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     tun.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     tun.add_argument("--artifacts", metavar="DIR", help="where runs are written (default: $APIMIG_ARTIFACTS or artifacts/)")
 
-    cmp = sub.add_parser("compare", help="one table and plot across runs over the same records, with intervals")
+    cmp = sub.add_parser("compare", help="one table and plot across runs over the same records, with intervals; "
+                         "refuses runs that differ in model, eval settings, record contents or code")
     cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    cmp.add_argument("--force", action="store_true", help="compare runs that differ in model, eval settings, "
+                     "record contents or code; the differences head the table")
     cmp.add_argument("--out", metavar="DIR", help="where compare.md and compare.png go "
                      "(default: <artifacts>/compare/<time>)")
     cmp.add_argument("--artifacts", metavar="DIR", help="default: $APIMIG_ARTIFACTS or artifacts/")
@@ -186,9 +189,10 @@ def _compare(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else default_out_dir(storage.artifacts_root(args.artifacts))
     try:
-        print(compare_runs([Path(d) for d in args.run_dirs], out))
+        print(compare_runs([Path(d) for d in args.run_dirs], out, force=args.force))
     except CompareError as exc:
-        raise UsageError(str(exc)) from None
+        print(f"compare: {exc}", file=sys.stderr)
+        return 2
     print(f"comparison: {out}/compare.md")
     return 0
 

@@ -86,17 +86,22 @@ def _record_model(spec: ExperimentSpec, run_dir: Path, echo: Callable[[str], Non
     atomic_write_json(target, info)
 
 
-def _record_provenance(spec: ExperimentSpec, run_dir: Path, echo: Callable[[str], None]) -> None:
-    """Write ``provenance.json`` (code commit, versions, model hash, seeds) once; on a resume, say what
-    changed since, because the finished jobs' numbers came from what it recorded."""
+def _record_provenance(spec: ExperimentSpec, run_dir: Path, echo: Callable[[str], None],
+                       records: dict[str, list] | None = None) -> None:
+    """Write ``provenance.json`` (code, versions, model weights and dataset records hashes, seeds) once; on a
+    resume, say what changed since, because the finished jobs' numbers came from what it recorded.
+    ``records``: every dataset's records as the run evaluates them (``_load_records``)."""
     model_info = json.loads((run_dir / "model.json").read_text(encoding="utf-8"))
-    current = provenance.collect(spec.run_seeds, model_info)
+    current = provenance.collect(spec.run_seeds, model_info, records=records)
     recorded = provenance.load(run_dir)
     if recorded is None:
         provenance.write(run_dir, current)
         return
     for line in provenance.differences(recorded, current):
         echo(f"warning: resuming with a different {line} (finished jobs ran with the recorded one)")
+    unchecked = provenance.not_recorded(recorded)
+    if unchecked:
+        echo(f"note: not checked, the run's provenance.json does not record them: {'; '.join(unchecked)}")
 
 
 def _load_records(spec: ExperimentSpec) -> dict[str, list]:
@@ -132,7 +137,7 @@ def run_experiment(
         echo("all jobs already done")
         return manifest
     _record_model(spec, run_dir, echo)
-    _record_provenance(spec, run_dir, echo)
+    _record_provenance(spec, run_dir, echo, records)
 
     owns_ray = start_ray(spec, address, run_dir.name)
     limits = Limits(memory_mb=spec.eval.memory_mb, disk_mb=spec.eval.disk_mb, max_files=spec.eval.max_files)
@@ -141,6 +146,7 @@ def run_experiment(
         wait=False,
     )
     record_refs = {name: ray.put(recs) for name, recs in records.items()}
+    scored_ids = frozenset(r.id for recs in records.values() for r in recs)
     eval_task = ray.remote(num_cpus=1, max_retries=0)(_eval_task)
     cpus_per_job = _cpus_per_job(spec.resources.num_workers)
     queue = [job.id for job in run_order([jobs[jid] for jid in todo])]
@@ -153,7 +159,7 @@ def run_experiment(
                 job = _next_job(queue, jobs, running.values())
                 if job is None:
                     break
-                request = _request(spec, job, run_dir)
+                request = _request(spec, job, run_dir, scored_ids)
                 ref = eval_task.options(name=f"eval {job.label}",
                                         **task_resources(spec, job, cpus_per_job)).remote(
                     request, record_refs[job.dataset.name], pool.for_job(job.method.name, job.dataset.name)
@@ -256,7 +262,8 @@ def task_resources(spec: ExperimentSpec, job: PlannedJob, cpus_per_job: int = 1)
     return {"num_cpus": cpus, "num_gpus": gpus} if gpus else {"num_cpus": cpus}
 
 
-def _request(spec: ExperimentSpec, job: PlannedJob, run_dir: Path) -> JobRequest:
+def _request(spec: ExperimentSpec, job: PlannedJob, run_dir: Path,
+             scored_ids: frozenset[str] = frozenset()) -> JobRequest:
     return JobRequest(
         job_id=job.id,
         method=job.method.name,
@@ -271,6 +278,7 @@ def _request(spec: ExperimentSpec, job: PlannedJob, run_dir: Path) -> JobRequest
             model=spec.model.model_dump(), work_dir=run_dir / "work" / job.id, seed=job.seed,
             use_gpu=spec.resources.use_gpu, method=job.method.name,
             shared_dir=run_dir / "work" / job.group if job.group else None,
+            scorecard=spec.eval.scorecard, evaluated_ids=scored_ids,
         ),
     )
 

@@ -2,28 +2,37 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
 
-from data.io import atomic_write_bytes, atomic_write_text
+import numpy as np
+
+from data.io import atomic_write_text
 from jobs.evaluation.intervals import direction, verdict
 from orchestrator.manifest import Manifest
 from orchestrator.outcomes import (
+    CONTINUOUS,
     FORGETTING_KINDS,
     RATES,
     Outcomes,
     fmt_difference,
     fmt_interval,
     load_outcomes,
+    method_families,
+    nll_direction,
+    nll_margin,
+    nll_verdict,
     paired,
     run_spec,
 )
 from orchestrator.plan import split_job_id
+from orchestrator.plots import plot_pass_at_1, plot_update_vs_forgetting, save_figure  # noqa: F401 (compare)
 
 COLUMNS = ("n", "answered", "syntax_ok", "exec_ok", "pass@1", "exact_match", "edit_sim", "api_ok")
-OPTIONAL = ("unsupported", "train_time_s")  # shown only where some job has them, like pass@k for k > 1
+# Shown only where some job has them, like pass@k for k > 1: the likelihood scorecard (methods that hold a
+# model), records whose environment could not be built, training time.
+OPTIONAL = ("prefers_new", "ref_nll", "unsupported", "train_time_s")
 # Knowledge-editing scores (teacher-forced "tf_" as EasyEdit reports them, and by free generation "gen_").
 EDITING = ("n_edits", "tf_efficacy", "tf_generalization", "tf_locality", "gen_efficacy", "gen_generalization",
            "gen_locality", "seconds_per_edit")
@@ -33,7 +42,9 @@ METRIC_NOTE = (
     "Every rate is over all `n` records: a record without an answer, or whose answer holds no code, fails every "
     "metric; `answered` counts the records that got code. `exec_ok`: the code ran and defined what the tests "
     "call. `api_ok`: new API used and old one gone, over the records where that is decidable statically "
-    "(n/a otherwise).")
+    "(n/a otherwise). Likelihood scorecard (teacher-forced, methods that hold a model; n/a elsewhere): "
+    "`prefers_new` the new code is more likely than the old after the same prompt (records with both); "
+    "`ref_nll` the reference code's mean NLL in nats per token.")
 
 
 def load_metrics(run_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
@@ -67,7 +78,7 @@ def results_table(metrics: dict, manifest: Manifest, outcomes: dict | None = Non
         for c in columns:
             if not values:
                 cells.append("-")
-            elif found is not None and c in RATES:
+            elif found is not None and (c in RATES or c in CONTINUOUS) and c in values:
                 cells.append(fmt_interval(found.rate(c)))
             else:
                 cells.append(_fmt(c, values.get(c)))
@@ -96,106 +107,99 @@ def _any_has(metrics: dict, key: str) -> bool:
     return any(key in v for per_ds in metrics.values() for v in per_ds.values())
 
 
-def plot_pass_at_1(metrics: dict, path: Path) -> None:
-    """Grouped bars: pass@1 of every method, one group per dataset."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = list(metrics)
-    datasets = sorted({ds for per_ds in metrics.values() for ds in per_ds})
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(methods) * max(1, len(datasets))), 3.5))
-    width = 0.8 / max(1, len(datasets))
-    for j, ds in enumerate(datasets):
-        values = [(metrics[m].get(ds) or {}).get("pass@1") for m in methods]
-        xs = [i + j * width for i in range(len(methods))]
-        ax.bar(xs, [v or 0.0 for v in values], width=width, label=ds)
-        for x, v in zip(xs, values):
-            ax.text(x, (v or 0.0) + 0.02, "n/a" if v is None else f"{v:.2f}", ha="center", fontsize=7)
-    ax.set_xticks([i + width * (len(datasets) - 1) / 2 for i in range(len(methods))], methods)
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel("pass@1")
-    ax.set_title("pass@1 per method")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def differences(outcomes: dict[tuple[str, str], Outcomes], base: str | None) -> dict[tuple[str, str], object]:
-    """Each method's pass@1 minus the baseline's, paired on the same records: ``{(method, dataset): Estimate}``."""
+def differences(outcomes: dict[tuple[str, str], Outcomes], base: str | None,
+                metric: str = "pass@1") -> dict[tuple[str, str], object]:
+    """Each method's ``metric`` minus the baseline's, paired on the same records: ``{(method, dataset): Estimate}``
+    (None where either side lacks the measure, e.g. a model-free method's scorecard)."""
     if base is None:
         return {}
-    return {(m, ds): paired(o, outcomes[(base, ds)]) for (m, ds), o in outcomes.items()
+    return {(m, ds): _paired(o, outcomes[(base, ds)], metric) for (m, ds), o in outcomes.items()
             if m != base and (base, ds) in outcomes}
 
 
-def baseline_section(diffs: dict, base: str, kinds: dict[str, str], outcomes: dict | None = None) -> str:
-    """A table of the paired differences and one sentence per method, from the numbers. ``Δ exec_ok`` is
-    there because a small model can sit at pass@1 0 on both sides (HumanEval at 135M), where the code still
-    running is the change left to see."""
-    if not diffs:
+def _paired(a: Outcomes, b: Outcomes, metric: str):
+    if np.isnan(a.values[metric]).all() or np.isnan(b.values[metric]).all():
+        return None
+    return paired(a, b, metric)
+
+
+def baseline_section(outcomes: dict, base: str, kinds: dict[str, str], margin: float) -> str:
+    """The paired differences against the baseline, by measure, with one sentence per method that names the
+    measure behind each verdict. Update datasets: pass@1 and the likelihood of the new code. Datasets without
+    an update (HumanEval): forgetting, by the NLL of the canonical solutions (it moves where pass@1 sits at
+    its floor, as for a 135M model), with Δ pass@1 and Δ exec_ok beside it."""
+    d = {metric: differences(outcomes, base, metric) for metric in ("pass@1", "exec_ok", "prefers_new", "ref_nll")}
+    if not d["pass@1"]:
         return ""
-    outcomes = outcomes or {}
+    update = {k: v for k, v in d["pass@1"].items() if kinds.get(k[1]) not in FORGETTING_KINDS}
+    forget = {k: v for k, v in d["pass@1"].items() if kinds.get(k[1]) in FORGETTING_KINDS}
     lines = [f"## Against the base model (`{base}`)", "",
-             f"pass@1 minus `{base}`'s on the same records, in points, with its 95% interval (paired bootstrap "
-             "over records and seeds). On a dataset without an API update (HumanEval) a drop is **forgetting**.",
-             "", "| method | dataset | Δ pass@1 (points) | verdict | Δ exec_ok (points) |", "|---|---|---|---|---|"]
-    for (m, ds), d in diffs.items():
-        ran = None
-        if (m, ds) in outcomes and (base, ds) in outcomes:
-            ran = paired(outcomes[(m, ds)], outcomes[(base, ds)], "exec_ok")
-        lines.append(f"| {m} | {_dataset_label(ds, kinds)} | {fmt_difference(d)} | {direction(d)} | "
-                     f"{fmt_difference(ran)} |")
-    lines += ["", "In one sentence per method:", ""]
-    for method in dict.fromkeys(m for m, _ in diffs):
-        parts = [f"on {_dataset_label(ds, kinds)} {verdict(d, f'`{base}`')}" for (m, ds), d in diffs.items()
-                 if m == method]
+             f"Each method minus `{base}` on the same records, with its 95% interval (rates: Newcombe score "
+             "interval, hulled with a paired bootstrap over records and seeds where a method ran with several; "
+             f"NLL: paired bootstrap). `ref_nll` is the teacher-forced NLL of the reference code in nats per token "
+             f"(lower = the model expects it); a shift beyond ±{margin:.3f} (`eval.nll_margin`) is called beyond "
+             "the margin.", ""]
+    if update:
+        lines += ["| method | dataset | Δ pass@1 (points) | verdict by pass@1 | Δ exec_ok (points) | "
+                  "Δ prefers_new (points) | Δ ref_nll (nats) | verdict by ref_nll |", "|---|---|---|---|---|---|---|---|"]
+        for key, diff in update.items():
+            lines.append(f"| {key[0]} | {key[1]} | {fmt_difference(diff)} | {direction(diff)} | "
+                         f"{fmt_difference(d['exec_ok'][key])} | {fmt_difference(d['prefers_new'][key])} | "
+                         f"{fmt_difference(d['ref_nll'][key], 'nats')} | {_nll_word(d['ref_nll'][key], margin)} |")
+    if forget:
+        lines += ["", "### Forgetting (datasets without an API update)", "",
+                  "The verdict uses Δ `ref_nll` of the canonical solutions (> 0 = the model finds correct general "
+                  "code less likely: forgetting); Δ pass@1 and Δ exec_ok stand beside it.", "",
+                  "| method | dataset | Δ ref_nll (nats) | forgetting verdict by ref_nll | Δ pass@1 (points) | "
+                  "Δ exec_ok (points) |", "|---|---|---|---|---|---|"]
+        for key, diff in forget.items():
+            lines.append(f"| {key[0]} | {key[1]} | {fmt_difference(d['ref_nll'][key], 'nats')} | "
+                         f"{_nll_word(d['ref_nll'][key], margin)} | {fmt_difference(diff)} | "
+                         f"{fmt_difference(d['exec_ok'][key])} |")
+    lines += ["", "In one sentence per method (the measure behind each verdict is named):", ""]
+    who = f"`{base}`"
+    for method in dict.fromkeys(m for m, _ in d["pass@1"]):
+        parts = []
+        for (m, ds), diff in d["pass@1"].items():
+            if m != method:
+                continue
+            nll = d["ref_nll"][(m, ds)]
+            if kinds.get(ds) in FORGETTING_KINDS:
+                text = f"on {ds}, forgetting by ref_nll: {nll_verdict(nll, who, margin, 'canonical solutions')}"
+                text += f"; by pass@1: {verdict(diff, who)}"
+            else:
+                text = f"on {ds}, by pass@1: {verdict(diff, who)}"
+                if nll is not None:
+                    text += f"; by ref_nll: {nll_verdict(nll, who, margin, 'new code')}"
+            parts.append(text)
         lines.append(f"- **{method}**: " + "; ".join(parts) + ".")
     return "\n".join(lines)
 
 
-def _dataset_label(dataset: str, kinds: dict[str, str]) -> str:
-    return f"{dataset} (forgetting)" if kinds.get(dataset) in FORGETTING_KINDS else dataset
+def _nll_word(diff, margin: float) -> str:
+    """The verdict word for a Δ ref_nll (lower is better), with whether it clears the margin."""
+    word = nll_direction(diff)
+    if diff is None or word.startswith("no ") or word == "not compared":
+        return word
+    return f"{word} ({'beyond' if diff.low > margin or diff.high < -margin else 'within'} margin)"
 
 
-def plot_update_vs_forgetting(diffs: dict, kinds: dict[str, str], path: Path) -> bool:
-    """One point per method: pass@1 change on the first update dataset (y) against the change on the first
-    forgetting dataset (x), with 95% intervals. False (nothing drawn) without both kinds of dataset."""
-    datasets = list(dict.fromkeys(ds for _, ds in diffs))
+def update_vs_forgetting(outcomes: dict, base: str | None, kinds: dict[str, str], path: Path) -> bool:
+    """Plot update success against forgetting (``plots.plot_update_vs_forgetting``) for the first update
+    dataset and the first forgetting dataset; False (nothing drawn) without both."""
+    datasets = list(dict.fromkeys(ds for _, ds in outcomes))
     update = next((ds for ds in datasets if kinds.get(ds) not in FORGETTING_KINDS), None)
     forget = next((ds for ds in datasets if kinds.get(ds) in FORGETTING_KINDS), None)
-    points = [(m, diffs[(m, update)], diffs[(m, forget)]) for m in dict.fromkeys(m for m, _ in diffs)
-              if diffs.get((m, update)) is not None and diffs.get((m, forget)) is not None]
-    if update is None or forget is None or not points:
+    if base is None or update is None or forget is None:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4.0))
-    for m, y, x in points:
-        ax.errorbar(x.value * 100, y.value * 100, xerr=[[(x.value - x.low) * 100], [(x.high - x.value) * 100]],
-                    yerr=[[(y.value - y.low) * 100], [(y.high - y.value) * 100]], fmt="o", capsize=3)
-        ax.annotate(m, (x.value * 100, y.value * 100), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.axvline(0, color="grey", lw=0.5)
-    ax.set_xlabel(f"Δ pass@1 on {forget} (points; < 0 = forgetting)")
-    ax.set_ylabel(f"Δ pass@1 on {update} (points)")
-    ax.set_title("update success against forgetting, vs the base model")
-    fig.tight_layout()
-    save_figure(fig, path)
+    by = {metric: differences(outcomes, base, metric) for metric in ("pass@1", "ref_nll")}
+    points = {metric: [(m, diffs[(m, update)], diffs[(m, forget)]) for m in dict.fromkeys(m for m, _ in diffs)
+                       if diffs.get((m, update)) is not None and diffs.get((m, forget)) is not None]
+              for metric, diffs in by.items()}
+    if not points["pass@1"] and not points["ref_nll"]:
+        return False
+    plot_update_vs_forgetting(points["pass@1"], points["ref_nll"], update, forget, path)
     return True
-
-
-def save_figure(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def editing_table(metrics: dict) -> str:
@@ -220,18 +224,18 @@ def render_report(run_dir: Path) -> str:
     parts = [f"# {manifest.data['experiment']} — run {manifest.data['run_id']}", "",
              results_table(metrics, manifest, outcomes)]
     failures = [(jid, j.get("error", "")) for jid, j in manifest.jobs.items() if j["state"] in ("failed", "diverged")]
-    warnings = [f"- `{m}` on `{ds}` trained on the records it is scored on (`train_data` empty or `self`): its "
-                f"numbers measure memorisation, not migration" for m, per_ds in metrics.items()
+    warnings = [f"- **`{m}` on `{ds}` learned from records the run scores** (`train_data`/`edit_data` empty or "
+                f"`self`, or rules mined from a split that is evaluated): its numbers measure memorisation, not "
+                f"migration" for m, per_ds in metrics.items()
                 for ds, v in per_ds.items() if v and v.get("trains_on_eval_records")]
     if warnings:
         parts += ["", "## Warnings", ""] + warnings
     parts += ["", METRIC_NOTE + " Rates show `value [95% interval]`: a bootstrap over records, and over seeds "
               "where a method ran with several. `wall_s`: predict + evaluate, summed over seeds."]
-    diffs = differences(outcomes, base)
-    section = baseline_section(diffs, base, kinds, outcomes) if base else ""
+    section = baseline_section(outcomes, base, kinds, nll_margin(run_dir)) if base else ""
     if section:
         parts += ["", section]
-    if plot_update_vs_forgetting(diffs, kinds, run_dir / "plots" / "update_vs_forgetting.png"):
+    if update_vs_forgetting(outcomes, base, kinds, run_dir / "plots" / "update_vs_forgetting.png"):
         parts += ["", "![update success against forgetting](plots/update_vs_forgetting.png)"]
     editing = editing_table(metrics)
     if editing:
@@ -239,7 +243,10 @@ def render_report(run_dir: Path) -> str:
     if failures:
         parts += ["", "## Problems", ""] + [f"- `{jid}`: {err}" for jid, err in failures]
     if metrics:
-        plot_pass_at_1(metrics, run_dir / "plots" / "pass_at_1.png")
+        rates = {pair: o.rate("pass@1") for pair, o in found.items()}
+        rates.update({(m, ds): None for m, per_ds in metrics.items() for ds, v in per_ds.items()
+                      if v and (m, ds) not in rates})
+        plot_pass_at_1(rates, method_families(run_dir), run_dir / "plots" / "pass_at_1.png")
         parts += ["", "![pass@1 per method](plots/pass_at_1.png)"]
     text = "\n".join(parts) + "\n"
     atomic_write_text(run_dir / "report.md", text)

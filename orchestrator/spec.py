@@ -107,6 +107,10 @@ class EvalSpec(_Strict):
     preload: list[str] = Field(default_factory=lambda: list(DEFAULT_PRELOAD))  # imported once per sandbox
     pool_size: PositiveInt | None = None  # sandbox actors; None = one per cluster CPU
     python_substitution: bool = True  # GitChameleon: run under this Python when the pinned one is missing
+    scorecard: bool = True  # the likelihood scorecard (ref_nll, prefers_new) of every method that holds a model
+    # A Δ ref_nll (nats per token) whose whole interval lies beyond this is reported as beyond the margin; a
+    # detectable shift inside it is reported as within it (a likelihood detects shifts too small to matter).
+    nll_margin: float = Field(0.05, ge=0, le=10)
 
 
 class ResourcesSpec(_Strict):

@@ -6,7 +6,18 @@ import textwrap
 
 import pytest
 
-from jobs.evaluation.api_check import ApiUsage, check_api, uses_api
+from data.records import TaskRecord, UpdateInfo
+from jobs.evaluation.api_check import (
+    API_NOTES,
+    ApiUsage,
+    api_note,
+    api_verdict,
+    check_api,
+    decidable,
+    record_api_verdict,
+    record_check_applies,
+    uses_api,
+)
 
 
 def code(s: str) -> str:
@@ -223,3 +234,194 @@ def test_migration_set():
         assert before.ok is not True, (rec.id, "old_code", before)
         decided += after.ok is not None and before.ok is not None
     assert decided >= 0.8 * len(records), f"{decided}/{len(records)} decided"
+
+
+# --- api_ok that cannot flatter: the record decides whether there is a verdict, not the answer ----------
+
+NEW, OLD = "pandas.concat", "pandas.DataFrame.append"
+GOOD = "import pandas as pd\ndef f(df, o):\n    return pd.concat([df, o])\n"
+TRUNCATED = "import pandas as pd\ndef f(df, o):\n    return pd.concat([df,"  # cut off mid-generation
+
+
+def _record(new_api, old_api, reference=GOOD, **kw):
+    return TaskRecord(id="r", dataset=kw.pop("dataset", "migrations"),
+                      update=UpdateInfo(library="pandas", new_api=new_api, old_api=old_api, **kw.pop("update", {})),
+                      prompt="p", reference=reference, tests=("assert f(1, 2)",), **kw)
+
+
+def test_a_truncated_answer_counts_as_false_in_the_denominator():
+    assert check_api(TRUNCATED, NEW, OLD).ok is None  # what used to drop the answer from api_ok
+    assert api_verdict(TRUNCATED, NEW, OLD) is False
+    assert api_verdict(GOOD, NEW, OLD) is True
+    # a method that breaks 15 answers of 16 and gets one right scores 1/16, not 1/1
+    verdicts = [api_verdict(GOOD, NEW, OLD)] + [api_verdict(TRUNCATED, NEW, OLD)] * 15
+    known = [v for v in verdicts if v is not None]
+    assert len(known) == 16 and sum(known) / len(known) == pytest.approx(1 / 16)
+
+
+def test_a_truncated_answer_is_false_through_the_eval_job():
+    from jobs.evaluation.job import _mean, _sample_verdict
+
+    rec = _record(NEW, OLD)
+    per = [_sample_verdict(rec, s, [], set()) for s in [GOOD] + [TRUNCATED] * 15]
+    assert [p["api_ok"] for p in per] == [True] + [False] * 15
+    assert _mean([p["api_ok"] for p in per]) == pytest.approx(1 / 16)
+    assert _sample_verdict(rec, None, [], set())["api_ok"] is False  # unanswered
+
+
+@pytest.mark.parametrize("blank", [None, "", "  \n\n", "# TODO: use pd.concat\n"])
+def test_a_blank_answer_is_false_on_a_decidable_record(blank):
+    assert decidable(NEW, OLD)
+    assert api_verdict(blank, NEW, OLD) is False
+    assert record_api_verdict(_record(NEW, OLD), blank) is False
+
+
+@pytest.mark.parametrize(
+    "new, old, answer",
+    [
+        ("math.sin", "math.sin", "import math\nmath.sin(1.0)\n"),  # only behaviour changed
+        ("math.sin", " math.sin", "import math\nmath.sin(1.0)\n"),
+        ("numpy.sort", None, "import numpy as np\nnp.sort(a)\n"),  # no old API
+        ("numpy.sort", "", "import numpy as np\nnp.sort(a)\n"),
+        (None, "numpy.sort", "x = 1\n"),
+        ("async def", "asyncio.coroutine", "import asyncio\nasync def f():\n    await asyncio.sleep(0)\n"),
+        ("xml.etree.ElementTree.Element", "xml.etree.ElementTree.Element.getchildren",
+         "import xml.etree.ElementTree as ET\n[c.tag for c in list(ET.fromstring(s))]\n"),
+        ("pandas.read_csv(sep)", "pandas.read_csv", "import pandas as pd\npd.read_csv(f, sep=';')\n"),
+        ("random.sample(sequence)", "random.sample(set)", "import random\nrandom.sample(list(s), 2)\n"),
+    ],
+)
+def test_an_undecidable_record_is_none_for_every_answer(new, old, answer):
+    assert not decidable(new, old)
+    rec = _record(new, old, reference=answer)
+    assert not record_check_applies(rec)
+    for code in (answer, None, "", "# nothing\n", "def broken(:\n", "x = 1\n", GOOD):
+        assert api_verdict(code, new, old) is None, code
+        assert record_api_verdict(rec, code) is None, code
+
+
+def test_record_level_exclusions():
+    rec = _record(NEW, OLD)
+    assert record_check_applies(rec) and record_api_verdict(rec, GOOD) is True
+    # a control condition: the update shown is not the one installed
+    control = _record(NEW, OLD, meta={"control": "random_update"})
+    assert [record_api_verdict(control, c) for c in (GOOD, None, TRUNCATED)] == [None] * 3
+    # a check the record's own reference fails says nothing about migration: n/a for every answer
+    odd = _record(NEW, OLD, reference="def f(df, o):\n    return df.append(o)\n")
+    assert [record_api_verdict(odd, c) for c in (GOOD, None, TRUNCATED)] == [None] * 3
+    # GitChameleon: n/a by decision, stated for the report
+    gc = _record("torch.stft", None, dataset="gitchameleon", reference="import torch\ntorch.stft(x, 4)\n")
+    assert record_api_verdict(gc, "import torch\ntorch.stft(x, 4)\n") is None
+    assert api_note("gitchameleon") == API_NOTES["gitchameleon"] and "n/a" in api_note("gitchameleon")
+    assert api_note("migrations") is None
+
+
+# --- CodeUpdateArena: a call passing an argument the update adds; renames; behaviour-only n/a --------
+
+MEAN_UPDATE = """\
+def mean(a, axis=None, dtype=None, out=None, keepdims=np._NoValue, *, where=np._NoValue, weights=None):
+    if weights is not None:
+        num = old_mean(np.multiply(a, weights), axis=axis, dtype=dtype, keepdims=keepdims, where=where)
+        return num / old_mean(weights, axis=axis, where=where)
+    return old_mean(a, axis=axis, dtype=dtype, out=out, keepdims=keepdims, where=where)
+setattr(numpy, 'mean', mean)
+"""
+NEXTAFTER_UPDATE = """\
+def nextafter(x, y, steps=1):
+    for _ in range(steps):
+        x = old_nextafter(x, y)
+    return x
+setattr(math, 'nextafter', nextafter)
+"""
+SIN_BEHAVIOUR_UPDATE = """\
+def sin(x):
+    return old_sin(x * 3.141592653589793 / 180)
+setattr(math, 'sin', sin)
+"""
+
+
+def _arena(path, update_code, reference, kind="add-argument", new_api=None):
+    return TaskRecord(id="cua", dataset="codeupdatearena",
+                      update=UpdateInfo(library=path.split(".")[0], old_api=path, new_api=new_api or path, kind=kind),
+                      prompt="p", reference=reference, tests=("assert True",), update_code=update_code)
+
+
+def test_codeupdatearena_added_argument():
+    ref = "import numpy as np\ndef g(x, w):\n    return np.mean(x, weights=w)\n"
+    rec = _arena("numpy.mean", MEAN_UPDATE, ref, kind="add-argument-supported_value(s)")
+    assert record_check_applies(rec)
+    assert record_api_verdict(rec, ref) is True
+    assert record_api_verdict(rec, "from numpy import mean\nmean(x, axis=0, weights=w)\n") is True
+    # the old API's call: the update is not used (this pair alone, numpy.mean/numpy.mean, is undecidable)
+    assert api_verdict("import numpy as np\nnp.mean(x)\n", "numpy.mean", "numpy.mean") is None
+    assert record_api_verdict(rec, "import numpy as np\nnp.mean(x * w) / np.mean(w)\n") is False
+    assert record_api_verdict(rec, "import numpy as np\nnp.average(x, weights=w)\n") is False
+    for broken in (None, "", "# np.mean(x, weights=w)\n", "import numpy as np\nnp.mean(x, weights="):
+        assert record_api_verdict(rec, broken) is False
+
+
+def test_codeupdatearena_added_positional_argument():
+    ref = "import math\ndef g(x, n):\n    return math.nextafter(x, 10.0, n)\n"
+    rec = _arena("math.nextafter", NEXTAFTER_UPDATE, ref)
+    assert record_api_verdict(rec, ref) is True
+    assert record_api_verdict(rec, "import math\nmath.nextafter(x, y, steps=3)\n") is True
+    assert record_api_verdict(rec, "import math\nmath.nextafter(x, y)\n") is False
+    assert record_api_verdict(rec, "import math\nmath.nextafter(*args)\n") is False  # no slot confirmed
+    # an added argument the reference does not pass is not asked for: n/a
+    plain = _arena("math.nextafter", NEXTAFTER_UPDATE, "import math\nmath.nextafter(x, y)\n")
+    assert record_api_verdict(plain, ref) is None and record_api_verdict(plain, "") is None
+
+
+def test_codeupdatearena_behaviour_only_update_is_na():
+    ref = "import math\ndef g(d):\n    return math.sin(d)\n"
+    rec = _arena("math.sin", SIN_BEHAVIOUR_UPDATE, ref, kind="modify-output-semantics")
+    assert not record_check_applies(rec)
+    for code in (ref, None, "", "import math\nmath.sin(math.radians(d))\n", "def broken(:\n"):
+        assert record_api_verdict(rec, code) is None
+
+
+def test_codeupdatearena_rename_and_added_function():
+    rename = "def sine(x):\n    return old_sin(x)\ndel math.sin\nsetattr(math, 'sine', sine)\n"
+    ref = "import math\ndef g(x):\n    return math.sine(x)\n"
+    rec = _arena("math.sin", rename, ref, kind="modify-function-name", new_api="math.sine")
+    assert record_api_verdict(rec, ref) is True
+    assert record_api_verdict(rec, "import math\nmath.sin(x)\n") is False
+    assert record_api_verdict(rec, "import math\nmath.sine(x) + math.sin(x)\n") is False  # old one not gone
+    added = "def multicomb(n, k):\n    return 1\nsetattr(math, 'multicomb', multicomb)\n"
+    ref = "import math\nmath.multicomb(4, [1, 3])\n"
+    rec = _arena("math.comb", added, ref, kind="add-function", new_api="math.multicomb")
+    assert record_api_verdict(rec, ref) is True
+    assert record_api_verdict(rec, "import math\nmath.multicomb(4, [2]) * math.comb(4, 2)\n") is True  # comb stays
+    assert record_api_verdict(rec, "import math\nmath.comb(4, 2)\n") is False
+
+
+def test_codeupdatearena_file(shared_data):
+    """On the real records: a verdict for most, the reference always passes it, a blank never does."""
+    from data.codeupdatearena import load_codeupdatearena
+
+    records = load_codeupdatearena(shared_data / "codeupdatearena" / "arena.dev.jsonl")[::3]  # every update kind
+    decided = [r for r in records if record_check_applies(r)]
+    assert 0.5 * len(records) <= len(decided) < len(records)  # behaviour-only updates stay n/a
+    assert all(record_api_verdict(r, r.reference) is True for r in decided)
+    assert not any(record_api_verdict(r, c) for r in decided for c in ("", None, r.reference[: len(r.reference) // 2]
+                                                                      + "\n    return (("))
+
+
+def test_gitchameleon_file_is_na(shared_data):
+    from data.gitchameleon import load_gitchameleon
+
+    records = load_gitchameleon(shared_data / "gitchameleon" / "dataset.dev.jsonl")
+    assert not any(record_check_applies(r) for r in records)
+    assert all(record_api_verdict(r, r.reference) is None for r in records)
+
+
+def test_migration_set_verdicts():
+    from data.migrations import load_migrations
+
+    records = load_migrations()
+    decided = [r for r in records if record_check_applies(r)]
+    assert len(decided) >= 0.8 * len(records)
+    for rec in decided:
+        assert record_api_verdict(rec, rec.reference) is True, rec.id
+        assert record_api_verdict(rec, rec.old_code) is False, rec.id
+        assert record_api_verdict(rec, "") is False

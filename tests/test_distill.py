@@ -44,6 +44,7 @@ def test_vocabulary_mismatch_is_one_clear_error(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ray_subprocess  # starts Ray in-process (issue #27)
 def test_tiny_to_tiny_distillation_trains_and_answers(tmp_path):
     import ray
 

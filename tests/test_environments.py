@@ -113,6 +113,7 @@ def test_gitchameleon_problems_share_envs(shared_data):
 
 
 @pytest.mark.slow
+@pytest.mark.ray_subprocess  # starts Ray in-process (issue #27)
 def test_parallel_builds_run_as_ray_tasks(cache):
     ray = pytest.importorskip("ray")
     started = not ray.is_initialized()

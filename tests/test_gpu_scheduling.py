@@ -13,7 +13,7 @@ from orchestrator.driver import task_resources
 from orchestrator.plan import plan_jobs
 from orchestrator.spec import parse_spec
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray_subprocess]  # starts Ray in-process (issue #27)
 
 SPEC = """\
 name: gpus
@@ -71,11 +71,11 @@ def test_answers_after_training_take_a_gpu_of_their_own(ray_with_one_gpu, monkey
     from jobs.methods.registry import MethodContext
     from jobs.training import answer
 
-    monkeypatch.setattr(answer, "adapter_answers", lambda *args: ([[str(_probe()[0])]], "hf"))
+    monkeypatch.setattr(answer, "adapter_answers", lambda *args: ([[str(_probe()[0])]], "hf", None))
     context = MethodContext(model={"name": "tiny"}, work_dir=tmp_path, use_gpu=True, method="sft")
     out = answer.answer_with_adapter(context, tmp_path, [[{"role": "user", "content": "x"}]],
                                      answer.GenerationOptions(), "basic")
-    assert out == ([["[0]"]], "hf")
+    assert out == ([["[0]"]], "hf", None)
 
 
 def test_a_model_asked_for_on_a_gpu_never_lands_on_the_cpu_silently():

@@ -59,6 +59,7 @@ def test_local_sandbox_factory_pickles_and_builds_on_use():
 
 
 @pytest.mark.slow
+@pytest.mark.ray_subprocess  # starts Ray in-process (issue #27)
 def test_grpo_on_two_workers_with_the_runs_sandbox_pool_logs_rewards(tmp_path):
     """One Ray instance for both: the reward through a sandbox pool, then a tiny GRPO run given that pool."""
     import ray

@@ -152,6 +152,7 @@ def test_sampling_survives_nan_logits():
 
 
 @pytest.mark.slow
+@pytest.mark.ray_subprocess  # starts Ray in-process (issue #27)
 def test_hf_backend_on_a_ray_cpu_actor_matches_in_process(records):
     import ray
 

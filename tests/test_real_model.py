@@ -99,6 +99,7 @@ OVERFIT_IDS = ("matplotlib-grid-b#2", "matplotlib-cm-get-cmap#2")
 
 
 @pytest.mark.slow
+@pytest.mark.ray_subprocess  # starts Ray in-process (issue #27)
 def test_sft_changes_what_the_real_model_writes(real_model, tmp_path):
     """SFT overfits two records at a high learning rate: they fail before and pass after. A training path
     that trains nothing, saves no adapter or answers without it fails here."""
@@ -147,3 +148,38 @@ def test_stopping_at_the_answer_keeps_the_answer(real_model):
         assert f.startswith(s.rstrip()) and len(s) <= len(f)
         assert extract_answer(s) == extract_answer(f) is not None
     assert sum(len(s) for (s,) in short) < sum(len(f) for (f,) in full)  # the prose after the block is gone
+
+
+@pytest.mark.slow
+@pytest.mark.ray_subprocess  # starts Ray in-process (issue #27)
+def test_a_few_sft_steps_on_the_train_split_show_in_held_out_likelihoods(real_model, tmp_path):
+    """The scorecard's point: a short SFT on the train split leaves greedy answers nearly unchanged, yet the
+    held-out variants' new code becomes detectably more likely (paired Δ ref_nll, 95% interval below 0)."""
+    import ray
+
+    from data.migrations import load_migrations
+    from data.prompts import build_messages
+    from jobs.evaluation.intervals import paired_difference
+    from jobs.inference.likelihood import score_records
+    from jobs.inference.models import load_model
+    from jobs.methods import sft
+    from jobs.methods.registry import MethodContext
+    from jobs.training.answer import load_adapted
+    from jobs.training.runner import run_training
+
+    held_out = load_migrations(split="test")[:20]
+    chats = [build_messages(r) for r in held_out]
+    options = sft.Options.model_validate({
+        "train_data": [{"kind": "migrations", "split": "train"}], "adapter": {"rank": 16, "alpha": 32},
+        "learning_rate": 1e-3, "max_steps": 4, "batch_size": 8, "num_workers": 1, "max_length": 384,
+        "save_steps": 1000})
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        outcome = run_training(sft.training_job(held_out, options, MethodContext(model=REAL, work_dir=tmp_path)))
+    finally:
+        ray.shutdown()
+    assert outcome.diverged is None and outcome.adapter_dir is not None
+    base = score_records(*load_model(REAL), held_out, chats)
+    tuned = score_records(*load_adapted(REAL, outcome.adapter_dir, use_gpu=False), held_out, chats)
+    diff = paired_difference([[r["ref_nll"] for r in tuned]], [[r["ref_nll"] for r in base]], bounded=False)
+    assert diff.high < 0, diff  # lower NLL of the held-out new code: learned, and detectably so

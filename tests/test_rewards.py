@@ -131,3 +131,17 @@ def test_a_completion_with_no_code_earns_nothing():
                      new_api=["math.isqrt"] * n, old_api=["math.sqrt"] * n)
     assert out == [0.0] * len(blanks) and executor.calls == []
     assert recode_score(block("\n"), REF) == recode_score("no code at all", REF) == -1.0 - 2.0
+
+
+def test_code_that_runs_but_does_not_define_what_the_tests_call_earns_nothing():
+    """The eval job's exec_ok rule (metrics.names_tests_need / defines): `x = 1` runs, but the tests call `f`."""
+    tests = ["assert f(2) == 3"]
+    codes = ["x = 1\n", "def f(x):\n    return x + 1\n", "import math\nf = lambda x: x + 1\n"]
+    logged = {}
+    with SandboxExecutor(parallelism=1) as sandbox:
+        reward = ExecutionReward(sandbox, ExecutionWeights(), timeout_s=10)
+        out = reward(prompts=["p"] * 3, completions=[block(c) for c in codes], code_prefix=["import math\n"] * 3,
+                     tests=[tests] * 3, log_metric=logged.__setitem__)
+    # x = 1: 0 for "ran" (not 0.5), no test passes; a definition of f: 0.5 + 1.0
+    assert out == pytest.approx([0.0, 1.5, 1.5])
+    assert logged["execution/code_ran"] == pytest.approx(2 / 3)

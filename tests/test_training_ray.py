@@ -12,7 +12,7 @@ from jobs.methods import sft
 from jobs.training.data import sft_rows
 from jobs.training.runner import TrainingFailed, TrainJob, run_training
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray_subprocess]  # starts Ray in-process (issue #27)
 
 
 @pytest.fixture(scope="module")

@@ -67,7 +67,7 @@ def test_answering_with_an_adapter_falls_back_to_transformers(monkeypatch, tmp_p
 
     monkeypatch.setattr(answer, "load_adapted", lambda model, adapter_dir, use_gpu: load_model(model, use_gpu=False))
     with pytest.warns(RuntimeWarning, match="answering with the trained adapter"):
-        texts, used = answer.adapter_answers({"name": "tiny"}, tmp_path, [CHAT], GenerationOptions(max_new_tokens=4),
+        texts, used, _ = answer.adapter_answers({"name": "tiny"}, tmp_path, [CHAT], GenerationOptions(max_new_tokens=4),
                                              0, "basic", False, "vllm")
     assert used == "hf" and len(texts) == 1 and len(texts[0]) == 1
 

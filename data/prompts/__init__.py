@@ -81,6 +81,11 @@ def build_messages(record: TaskRecord, strategy: str = "basic", extra: dict[str,
     return [{"role": "system", "content": _template("system").strip()}, {"role": "user", "content": user}]
 
 
+def answer_block(code: str) -> str:
+    """An answer in the format the trainers teach and ``extract_answer`` reads: one python block."""
+    return f"```python\n{code.strip()}\n```"
+
+
 def extract_code(text: str, last: bool = False) -> str | None:
     """The code in a model's answer, or ``None`` where it holds none.
 

@@ -1,11 +1,24 @@
-"""Running edit batches: one batch = one model copy edited by one algorithm, returning weight deltas.
+"""Running edit batches: one batch = one algorithm's edit of a model copy, returning weight deltas.
 
-Batches are independent, so they run serially in this process or as parallel
-Ray tasks (``num_cpus=1``, a GPU fraction where there are GPUs), each on its
-own model copy; both paths call :func:`run_batch` and give bitwise the same
-deltas (CPU work runs single-threaded, every sampling step is seeded, and the
-model's touched weights are restored after each batch). Batches are merged by
-adding all their deltas to one copy of the model (:func:`merge`).
+Batches run in one of two modes (``mode``):
+
+- ``sequential`` (default): batch i is solved on the base model plus the deltas
+  of batches 0..i-1, so it sees (and corrects for) what they changed; the final
+  weights are those of editing batch after batch. Serially that is a loop
+  carrying the accumulated deltas; under Ray it is a chain of tasks, task i
+  receiving task i-1's accumulated deltas as an ObjectRef argument (so Ray
+  starts it when that task ends, with the same resources as any batch task).
+- ``independent``: every batch is solved on the unedited model, serially or as
+  parallel Ray tasks, and the deltas are summed; batches then interfere
+  (exact only when their keys are C^-1-orthogonal).
+
+Each batch is solved in :func:`run_batch` on a model copy whose touched
+weights are restored afterwards (a Ray worker reuses its loaded model); key
+statistics and context prefixes always come from the unedited model. Serial
+and Ray runs give bitwise the same deltas (CPU work runs single-threaded and
+every sampling step is seeded). :func:`merge` adds the batches' deltas, summed
+in batch order, to one model copy: in sequential mode that is exactly the
+chain's accumulated total.
 """
 
 from __future__ import annotations
@@ -14,7 +27,7 @@ import json
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import torch
 
@@ -24,6 +37,8 @@ from jobs.editing.modules import context_templates
 from jobs.editing.requests import EditRequest
 
 Pair = tuple[str, str]
+Mode = Literal["sequential", "independent"]
+MODES: tuple[str, ...] = ("sequential", "independent")
 
 
 @dataclass(frozen=True)
@@ -37,8 +52,9 @@ class EditBatch:
 @dataclass
 class BatchResult:
     index: int
-    deltas: dict[str, torch.Tensor]  # parameter name -> change, CPU
-    rows: list[dict[str, float]]  # per-request metrics on this batch's own edited copy
+    deltas: dict[str, torch.Tensor]  # parameter name -> this batch's own change, CPU
+    # per-request metrics right after this batch, on its copy (sequential: on top of the earlier batches)
+    rows: list[dict[str, float]]
     seconds: float
     backend: str = "builtin"
     extra: dict[str, float] = field(default_factory=dict)
@@ -75,17 +91,26 @@ def backend_name(requested: str) -> str:
 
 
 def run_batch(model, tokenizer, algorithm: str, hp: EditHParams, batch: EditBatch, seed: int = 0,
-              backend: str = "builtin") -> BatchResult:
-    """Edit ``model`` for ``batch``, measure, then restore the touched weights; returns the deltas."""
+              backend: str = "builtin", prior: dict[str, torch.Tensor] | None = None,
+              earlier: Sequence[EditRequest] = ()) -> BatchResult:
+    """Edit ``model`` for ``batch``, measure, then restore the touched weights; returns the batch's deltas.
+
+    Sequential mode: ``prior`` = the earlier batches' summed deltas, added before solving, and ``earlier`` =
+    their requests, whose keys MEMIT preserves. Key statistics, context prefixes and the locality reference
+    are taken on ``model`` as given, before ``prior`` is added.
+    """
     t0 = time.perf_counter()
     hp = hp.resolve(model)
     names = touched_parameters(model, algorithm, hp)
     params = dict(model.named_parameters())
-    saved = {n: params[n].detach().clone() for n in names}
+    prior = prior or {}
+    saved = {n: params[n].detach().clone() for n in dict.fromkeys([*names, *prior])}
     with single_thread():
         reference = scoring.locality_reference(model, tokenizer, batch.requests)
         try:
-            deltas = _edit(model, tokenizer, algorithm, hp, batch, seed, backend)
+            setup = _setup(model, tokenizer, algorithm, hp, seed, backend)
+            _add(params, prior)
+            deltas = _edit(model, tokenizer, algorithm, hp, batch, backend, *setup, earlier)
             rows = scoring.score(model, tokenizer, batch.requests, reference)
             extra = _unlearn_extra(model, tokenizer, batch, saved, params) if algorithm == "unlearn" else {}
         finally:
@@ -95,8 +120,29 @@ def run_batch(model, tokenizer, algorithm: str, hp: EditHParams, batch: EditBatc
     return BatchResult(batch.index, deltas, rows, time.perf_counter() - t0, backend, extra)
 
 
-def _edit(model, tokenizer, algorithm: str, hp: EditHParams, batch: EditBatch, seed: int,
-          backend: str) -> dict[str, torch.Tensor]:
+def _add(params: dict[str, torch.nn.Parameter], deltas: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, d in deltas.items():
+            params[name].add_(d.to(params[name].device, params[name].dtype))
+
+
+def _setup(model, tokenizer, algorithm: str, hp: EditHParams, seed: int, backend: str):
+    """Built-in ROME/MEMIT's context prefixes and key statistics, on the unedited model (as ROME's code caches
+    them once): every batch of a sequence uses the same ones, and the statistics' cache key stays the model's."""
+    if algorithm == "unlearn" or (backend == "easyedit" and algorithm in ("rome", "memit")):
+        return [], None
+    from jobs.editing.covariance import second_moments
+
+    templates = context_templates(model, tokenizer, hp.context_template_length_params, seed)
+    covs: dict[str, torch.Tensor] = {}
+    if hp.mom2_adjustment:
+        covs = second_moments(model, tokenizer, [hp.rewrite_module_tmp.format(l) for l in hp.layers], hp)
+    lookup = (lambda names: {n: covs[n] for n in names}) if covs else None
+    return templates, lookup
+
+
+def _edit(model, tokenizer, algorithm: str, hp: EditHParams, batch: EditBatch, backend: str, templates,
+          lookup, earlier: Sequence[EditRequest]) -> dict[str, torch.Tensor]:
     if backend == "easyedit" and algorithm in ("rome", "memit"):
         from jobs.editing.easyedit import apply_easyedit
 
@@ -105,17 +151,10 @@ def _edit(model, tokenizer, algorithm: str, hp: EditHParams, batch: EditBatch, s
         from jobs.editing.unlearn import apply_unlearning
 
         return apply_unlearning(model, tokenizer, batch.forget, batch.retain, hp)
-    from jobs.editing.covariance import second_moments
-
-    templates = context_templates(model, tokenizer, hp.context_template_length_params, seed)
-    covs: dict[str, torch.Tensor] = {}
-    if hp.mom2_adjustment:  # on the unedited model, before any request of the batch changes it
-        covs = second_moments(model, tokenizer, [hp.rewrite_module_tmp.format(l) for l in hp.layers], hp)
-    lookup = (lambda names: {n: covs[n] for n in names}) if covs else None
     if algorithm == "memit":
         from jobs.editing.memit import apply_memit
 
-        return apply_memit(model, tokenizer, batch.requests, hp, templates, lookup)
+        return apply_memit(model, tokenizer, batch.requests, hp, templates, lookup, earlier)
     from jobs.editing.rome import apply_rome
 
     deltas: dict[str, torch.Tensor] = {}
@@ -156,33 +195,72 @@ def _cached_model(model_spec: dict[str, Any], use_gpu: bool):
     return _MODELS[key]
 
 
-def _batch_task(model_spec, algorithm, hp_dict, batch, seed, backend, use_gpu) -> BatchResult:
+def _batch_task(model_spec, algorithm, hp_dict, batch, seed, backend, use_gpu, prior=None,
+                earlier=()) -> BatchResult:
     model, tokenizer = _cached_model(model_spec, use_gpu)
-    return run_batch(model, tokenizer, algorithm, EditHParams.model_validate(hp_dict), batch, seed, backend)
+    return run_batch(model, tokenizer, algorithm, EditHParams.model_validate(hp_dict), batch, seed, backend, prior,
+                     earlier)
+
+
+def _chain_task(model_spec, algorithm, hp_dict, batch, seed, backend, use_gpu, prior, earlier):
+    """One link of a sequential chain: ``(this batch's result, deltas of every batch so far)``."""
+    res = _batch_task(model_spec, algorithm, hp_dict, batch, seed, backend, use_gpu, prior, earlier)
+    return res, accumulate(prior, res.deltas)
+
+
+def accumulate(total: dict[str, torch.Tensor] | None, deltas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``total + deltas`` per parameter (new tensors; the same additions, in the same order, as :func:`combined`)."""
+    out = dict(total or {})
+    for name, d in deltas.items():
+        out[name] = out[name] + d if name in out else d.clone()
+    return out
 
 
 def run_batches(model_spec: dict[str, Any], algorithm: str, hp: EditHParams, batches: Sequence[EditBatch], *,
-                parallel: bool, seed: int = 0, backend: str = "builtin", use_gpu: bool = False,
-                gpus_per_task: float = 0.5) -> list[BatchResult]:
-    """Every batch's result, in batch order; ``parallel`` runs them as Ray tasks (Ray must be initialised)."""
+                parallel: bool, mode: Mode = "sequential", seed: int = 0, backend: str = "builtin",
+                use_gpu: bool = False, gpus_per_task: float = 0.5) -> list[BatchResult]:
+    """Every batch's result, in batch order (see the module docstring for ``mode``); ``parallel`` runs them as
+    Ray tasks (Ray must be initialised): concurrent when independent, a chain of tasks when sequential."""
+    if mode not in MODES:
+        raise ValueError(f"batches mode must be one of {', '.join(MODES)}, not {mode!r}")
     hp_dict = hp.model_dump()
+    batches = sorted(batches, key=lambda b: b.index)
     if not parallel:
-        return [_batch_task(model_spec, algorithm, hp_dict, b, seed, backend, use_gpu) for b in batches]
+        results, total = [], None
+        for i, b in enumerate(batches):
+            if mode == "independent":
+                results.append(_batch_task(model_spec, algorithm, hp_dict, b, seed, backend, use_gpu))
+                continue
+            results.append(_batch_task(model_spec, algorithm, hp_dict, b, seed, backend, use_gpu, total,
+                                       _requests(batches[:i])))
+            total = accumulate(total, results[-1].deltas)
+        return results
     import ray
 
     gpus = gpus_per_task if use_gpu and torch.cuda.is_available() else 0
-    task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(_batch_task)
-    refs = [task.remote(model_spec, algorithm, hp_dict, b, seed, backend, bool(gpus)) for b in batches]
+    options = dict(num_cpus=1, num_gpus=gpus, max_retries=0)
+    if mode == "independent":
+        task = ray.remote(**options)(_batch_task)
+        return ray.get([task.remote(model_spec, algorithm, hp_dict, b, seed, backend, bool(gpus)) for b in batches])
+    link = ray.remote(num_returns=2, **options)(_chain_task)
+    refs, total = [], None  # total: an ObjectRef after the first link; Ray passes its value and orders the chain
+    for i, b in enumerate(batches):
+        ref, total = link.remote(model_spec, algorithm, hp_dict, b, seed, backend, bool(gpus), total,
+                                 _requests(batches[:i]))
+        refs.append(ref)
     return ray.get(refs)
 
 
+def _requests(batches: Sequence[EditBatch]) -> tuple[EditRequest, ...]:
+    return tuple(r for b in batches for r in b.requests)
+
+
 def combined(results: Sequence[BatchResult]) -> dict[str, torch.Tensor]:
-    """Every batch's deltas summed per parameter (edits to one matrix add up, like sequential edits
-    without re-solving for each other's keys)."""
+    """Every batch's deltas summed per parameter, in batch order: the total change from the base model in
+    sequential mode; in independent mode, edits solved without each other added up."""
     out: dict[str, torch.Tensor] = {}
     for res in sorted(results, key=lambda r: r.index):
-        for name, d in res.deltas.items():
-            out[name] = out[name] + d if name in out else d.clone()
+        out = accumulate(out, res.deltas)
     return out
 
 

@@ -2,8 +2,9 @@
 
 ROME and MEMIT use C to keep an edit away from the keys the model sees in
 ordinary text. The papers estimate it on 100k Wikipedia samples (hours); here
-the default corpus is code the project ships (the built-in migrations and
-HumanEval), a sample being one text of at most ``mom2_max_length`` tokens, and
+the default corpus is general code no benchmark scores (documented functions
+of the Python standard library: ``data.corpus.general_texts``; the built-in
+migrations and HumanEval would leak into what is measured), a sample being one text of at most ``mom2_max_length`` tokens, and
 ``mom2_n_samples`` caps how many are used. Results are cached on disk, keyed by
 model (name and a weight fingerprint), module, corpus and sample count, and
 written atomically under a file lock, so parallel edit tasks compute each
@@ -34,9 +35,9 @@ _MEMORY: dict[str, torch.Tensor] = {}
 def load_corpus(name: str) -> list[str]:
     """``code`` (built in), a ``.jsonl`` file (``text``/``content``/``code`` field per row) or a text file."""
     if name == "code":
-        from data.corpus import code_texts
+        from data.corpus import general_texts
 
-        return code_texts()
+        return general_texts()
     path = Path(name)
     if not path.is_file():
         raise ValueError(f"hparams.mom2_dataset: '{name}' is neither 'code' nor an existing file")
@@ -73,7 +74,7 @@ def fingerprint(model) -> str:
 def _key(model, module_name: str, hp: EditHParams) -> str:
     corpus = hp.mom2_dataset
     if corpus == "code":
-        corpus = "code-v2"  # v2: HumanEval prompts and solutions as separate texts (data.corpus)
+        corpus = "code-v3"  # v3: stdlib functions, disjoint from every benchmark (data.corpus.general_texts)
     else:
         st = Path(corpus).stat()
         corpus = f"{Path(corpus).resolve()}:{st.st_size}:{st.st_mtime_ns}"

@@ -78,7 +78,7 @@ class EditHParams(BaseModel):
 
     # Statistics
     stats_dir: str | None = None  # None: <model cache>/stats
-    mom2_dataset: str = "code"  # "code" (built-in migrations + HumanEval) or a .txt/.jsonl file
+    mom2_dataset: str = "code"  # "code" (stdlib functions: data.corpus.general_texts) or a .txt/.jsonl file
     mom2_n_samples: int = 2000
     mom2_dtype: str = "float32"
     mom2_max_length: int = 256  # tokens per corpus sample

@@ -13,6 +13,14 @@ For requests i = 1..n and layers l_1 < ... < l_L (``hp.layers``):
 
 lambda is ``mom2_update_weight``; C the key second moment (identity without
 ``mom2_adjustment``).
+
+Sequential batches (``preserve``: the requests of the batches already edited
+in): their keys K_p, read on the current model at each layer, join the
+preserved term, delta W = R K^T (lambda C + K_p K_p^T + K K^T)^-1, so the
+update also keeps the outputs W K_p that the earlier batches wrote; this is
+the least-squares objective over all requests so far that one joint batch
+would solve (MEMIT's own derivation; the sequential-editing form of AlphaEdit,
+Fang et al., 2025), without re-optimising the earlier targets.
 """
 
 from __future__ import annotations
@@ -28,8 +36,10 @@ from jobs.editing.rome import optimize_delta
 
 
 def apply_memit(model, tokenizer, requests: Sequence[EditRequest], hp: EditHParams, templates: Sequence[str],
-                covariances: Callable[[list[str]], dict[str, torch.Tensor]] | None) -> dict[str, torch.Tensor]:
-    """Edit ``model`` in place for all ``requests``; returns ``{parameter name: delta W}`` (CPU)."""
+                covariances: Callable[[list[str]], dict[str, torch.Tensor]] | None,
+                preserve: Sequence[EditRequest] = ()) -> dict[str, torch.Tensor]:
+    """Edit ``model`` in place for all ``requests``, keeping what it does on ``preserve``'s keys (earlier
+    batches' requests); returns ``{parameter name: delta W}`` (CPU)."""
     layers = sorted(hp.layers)
     z_layer = hp.layer_module_tmp.format(layers[-1])
     zs = []
@@ -45,11 +55,16 @@ def apply_memit(model, tokenizer, requests: Sequence[EditRequest], hp: EditHPara
         mod = module(model, name)
         keys = torch.stack([mean_key(model, tokenizer, r.prompt, r.subject, templates, name, hp.fact_token)
                             for r in requests], dim=1).double()  # (in, n)
+        kept = keys @ keys.T
+        if preserve:
+            old = torch.stack([mean_key(model, tokenizer, r.prompt, r.subject, templates, name, hp.fact_token)
+                               for r in preserve], dim=1).double()  # (in, m)
+            kept = kept + old @ old.T
         current = rows_at(model, tokenizer, plain, z_layer, "output").T.double()  # (hidden, n)
         resid = (z - current) / (len(layers) - j)
         cov = covs[name].double().to(keys.device) if name in covs else torch.eye(keys.shape[0], dtype=torch.double,
                                                                                  device=keys.device)
-        adj = torch.linalg.solve(hp.mom2_update_weight * cov + keys @ keys.T, keys)  # (in, n)
+        adj = torch.linalg.solve(hp.mom2_update_weight * cov + kept, keys)  # (in, n)
         upd = resid @ adj.T  # (out, in)
         with torch.no_grad():
             w = mod.weight

@@ -15,9 +15,13 @@ count as failures on every metric; ``answered`` says how many got code.
   answered record has fewer than k samples pass@k is n/a (``short@k`` says how
   many) rather than computed over the others;
 - ``exact_match`` / ``edit_sim`` against the reference (records that have one);
-- ``api_ok``: the code calls the update's new API and not the deprecated one,
-  over the records where that can be decided statically
-  (``jobs.evaluation.api_check``); undecidable is n/a, never a success.
+- ``api_ok``: the code calls the update's new API and not the deprecated one;
+  whether a record can be decided comes from the record alone, and on a
+  decidable record no code or unparsable code is False (rules in the
+  ``jobs.evaluation.api_check`` docstring); undecidable is n/a, never a success;
+- the likelihood scorecard (``ref_nll``, ``prefers_new``, ``nll_margin``: see
+  ``jobs.inference.likelihood``) where the method holds a model, kept per record
+  in the rows so the report can pair it against the baseline.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from typing import Any, Callable, Sequence
 
 from data.records import TaskRecord
 from jobs.evaluation import metrics
+from jobs.evaluation.api_check import record_api_verdict
+from jobs.inference.likelihood import SCORES
 from jobs.methods.registry import MethodContext, method_module
 from jobs.sandbox.executor import ExecResult, Executor, Program
 
@@ -106,8 +112,6 @@ def evaluate(
     Records whose environment could not be built are not executed: their row says
     ``unsupported`` and why, and fails every metric. Samples with no code are not executed either.
     """
-    from jobs.evaluation.api_check import check_api
-
     environments = environments or {}
     batch: list[Program] = []
     owners: list[tuple[int, int]] = []
@@ -138,9 +142,9 @@ def evaluate(
             row.update(unsupported=env.reason or "environment unavailable")
             samples = []  # not executed: fails like an unanswered record
         need = metrics.names_tests_need(rec.tests, rec.code_for("", with_update=settings.with_update))
-        per = [_sample_verdict(rec, sample, runs.get((i, s), []), check_api, need) for s, sample in enumerate(samples)]
+        per = [_sample_verdict(rec, sample, runs.get((i, s), []), need) for s, sample in enumerate(samples)]
         if not per:
-            per = [_sample_verdict(rec, None, [], check_api, need)]
+            per = [_sample_verdict(rec, None, [], need)]
         passed = [p["passed"] for p in per]
         known = [p for p in passed if p is not None]
         row.update(
@@ -157,7 +161,7 @@ def evaluate(
     return rows
 
 
-def _sample_verdict(rec: TaskRecord, sample: str | None, runs: list[ExecResult], check_api,
+def _sample_verdict(rec: TaskRecord, sample: str | None, runs: list[ExecResult],
                     need: set[str]) -> dict[str, Any]:
     """One sample's verdicts; a sample with no code (``None``, blank) fails every one that can be decided."""
     # In a control condition the record's update is not the one installed: no API verdict.
@@ -167,7 +171,7 @@ def _sample_verdict(rec: TaskRecord, sample: str | None, runs: list[ExecResult],
         return {"syntax_ok": False, "exec_ok": False, "passed": False, "tests_passed": 0,
                 "tests_total": len(rec.tests), "exact_match": False if has_ref else None,
                 "edit_sim": 0.0 if has_ref else None,
-                "api_ok": None if control else check_api("", rec.update.new_api, rec.update.old_api).ok,
+                "api_ok": None if control else record_api_verdict(rec, sample),
                 "failure": "no code in the answer"}
     failing = next((r for r in runs if not r.passed), None)
     code_ok = any(r.code_ok for r in runs) if runs else None
@@ -180,7 +184,7 @@ def _sample_verdict(rec: TaskRecord, sample: str | None, runs: list[ExecResult],
         "tests_total": len(runs),
         "exact_match": metrics.exact_match(sample, rec.reference) if has_ref else None,
         "edit_sim": metrics.edit_similarity(sample, rec.reference) if has_ref else None,
-        "api_ok": None if control else check_api(sample, rec.update.new_api, rec.update.old_api).ok,
+        "api_ok": None if control else record_api_verdict(rec, sample),
         "failure": _describe(failing) if failing else None,
     }
 
@@ -203,6 +207,9 @@ def summarize(rows: list[dict[str, Any]], k: Sequence[int] = (1,)) -> dict[str, 
         out["unsupported"] = unsupported
     for name in METRICS:
         out[name] = _mean([r.get("passed" if name == "pass@1" else name) for r in rows])
+    for name in SCORES:  # the likelihood scorecard, over the records that carry it (decided by the record)
+        if any(name in r for r in rows):
+            out[name] = _mean([r.get(name) for r in rows])
     for kk in sorted(set(k) - {1}):
         short = [r for r in rows if 0 < r.get("samples", 0) < kk]
         if short:
@@ -230,6 +237,12 @@ def run_eval_job(
         )
     environments = prepare_environments(records, request.eval)
     rows = evaluate(records, output.codes, executor, request.eval, progress, environments)
+    if output.scores is not None:
+        if len(output.scores) != len(records):
+            raise RuntimeError(f"method '{request.method}' returned {len(output.scores)} scorecards for "
+                               f"{len(records)} records")
+        for row, scores in zip(rows, output.scores):
+            row.update(scores)
     t2 = time.monotonic()
     summary = summarize(rows, request.eval.k)
     if records and records[0].dataset == "codeupdatearena" and output.shows_update:

@@ -25,9 +25,9 @@ from jobs.inference.generation import GenerationOptions
 from jobs.methods.registry import MethodContext, MethodOptions, MethodOutput
 from jobs.training.options import TrainDataSource
 
-# HumanEval solutions in the unlearning retain set, from the end of the set: HumanEval scored with a limit
-# (the first problems) then measures forgetting on problems the retain term never saw.
-RETAIN_HUMANEVAL = 4
+# General functions (the standard library's, data.corpus.general_functions) in the unlearning retain set: code
+# no benchmark scores, so the retain term never trains on the problems that measure forgetting.
+RETAIN_GENERAL = 4
 
 
 class Options(MethodOptions):
@@ -36,6 +36,9 @@ class Options(MethodOptions):
     batch_size: int = 4  # edit requests per batch (MEMIT edits a batch at once; ROME one after another)
     max_edits: int | None = None
     parallel: Literal["auto", "ray", "serial"] = "auto"  # auto: Ray tasks when Ray is initialised
+    # sequential: batch i is solved on the model batches 0..i-1 edited (under Ray: a chain of tasks);
+    # independent: every batch on the unedited model, in parallel, deltas summed (they interfere)
+    batches: Literal["sequential", "independent"] = "sequential"
     gpus_per_task: float = 0.5
     backend: Literal["auto", "builtin", "easyedit"] = "auto"
     paraphrases: int = 2
@@ -78,9 +81,9 @@ def make_batches(records, requests, options: Options, tokenizer) -> list:
     by_id = {r.id: r for r in records}
     retain_extra: list[tuple[str, str]] = []
     if options.algorithm == "unlearn":
-        from data.humaneval import load_humaneval
+        from data.corpus import general_functions
 
-        retain_extra = [(r.prompt, r.reference or "") for r in load_humaneval()[-RETAIN_HUMANEVAL:]]
+        retain_extra = list(general_functions()[:RETAIN_GENERAL])
     batches = []
     for b, start in enumerate(range(0, len(requests), options.batch_size)):
         chunk = tuple(requests[start:start + options.batch_size])
@@ -98,14 +101,18 @@ def make_batches(records, requests, options: Options, tokenizer) -> list:
     return batches
 
 
-def answer(model, tokenizer, records: list[TaskRecord], options: Options, seed: int) -> list[Any]:
+def answer(model, tokenizer, records: list[TaskRecord], options: Options, seed: int, scorecard: bool = False
+           ) -> tuple[list[Any], list[dict[str, float]] | None]:
+    """The edited model's codes for ``records`` and, with ``scorecard``, its likelihood scorecard."""
     from data.prompts import build_messages
     from jobs.inference.answers import codes_from_texts
     from jobs.inference.generation import generate
+    from jobs.inference.likelihood import score_records
 
     chats = [build_messages(r, options.strategy) for r in records]
     outs = generate(model, tokenizer, chats, options.generation, seed, options.strategy)
-    return codes_from_texts(outs, options.strategy)
+    scores = score_records(model, tokenizer, records, chats) if scorecard else None
+    return codes_from_texts(outs, options.strategy), scores
 
 
 def gpus(options: Options) -> float:
@@ -128,9 +135,14 @@ def predict(records: list[TaskRecord], options: Options, context: MethodContext)
             saved.save(keep, edit)
     else:
         saved.apply(model, edit.deltas)
-    codes = answer(model, tokenizer, records, options, context.seed)
-    return MethodOutput(codes=codes, train_time_s=edit.edit_time_s, metrics=dict(edit.metrics),
-                        files=dict(edit.files), shows_update=shows_update(options.strategy))
+    codes, scores = answer(model, tokenizer, records, options, context.seed, context.scorecard)
+    metrics = dict(edit.metrics)
+    from jobs.training.data import learned_from_scored, training_records
+
+    if learned_from_scored(training_records(options.edit_data, records), records, context.evaluated_ids):
+        metrics["trains_on_eval_records"] = 1.0  # edited the facts of records it is scored on
+    return MethodOutput(codes=codes, train_time_s=edit.edit_time_s, metrics=metrics,
+                        files=dict(edit.files), shows_update=shows_update(options.strategy), scores=scores)
 
 
 def learning_data(options: Options) -> list[TrainDataSource]:
@@ -162,11 +174,14 @@ def make_edit(model, tokenizer, records: list[TaskRecord], options: Options, con
             parallel = ray.is_initialized()
         backend = backend_name(options.backend)
         batches = make_batches(sources, requests, options, tokenizer)
-        results = run_batches(context.model, options.algorithm, hp, batches, parallel=parallel, seed=context.seed,
-                              backend=backend, use_gpu=context.use_gpu, gpus_per_task=options.gpus_per_task)
+        results = run_batches(context.model, options.algorithm, hp, batches, parallel=parallel, mode=options.batches,
+                              seed=context.seed, backend=backend, use_gpu=context.use_gpu,
+                              gpus_per_task=options.gpus_per_task)
         reference = scoring.locality_reference(model, tokenizer, requests)
         deltas = merge(model, results)
         merged_rows = scoring.score(model, tokenizer, requests, reference)
+        # each batch right after its own edit (sequential: on top of the earlier batches', so the last batch's
+        # rows score the merged model, up to rounding); locality against the unedited model, like the merged rows
         isolated_rows = [row for res in results for row in res.rows]
         metrics.update(scoring.average(merged_rows))
         metrics.update(scoring.average(isolated_rows, prefix="isolated_"))
@@ -174,6 +189,7 @@ def make_edit(model, tokenizer, records: list[TaskRecord], options: Options, con
         for key in sorted({k for e in extras for k in e}):
             metrics[key] = sum(e[key] for e in extras) / len(extras)
         metrics.update(n_batches=float(len(batches)), edit_parallel=float(parallel),
+                       edit_sequential=float(options.batches == "sequential"),
                        seconds_per_edit=sum(r.seconds for r in results) / len(requests))
         files["edits.jsonl"] = "".join(
             json.dumps({"case_id": r.case_id, "subject": r.subject, "target_new": r.target_new,

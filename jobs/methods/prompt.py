@@ -62,10 +62,11 @@ def chats_for(records: Sequence[TaskRecord], strategy: str, ruleset=None) -> lis
     return chats
 
 
-def answer(records: Sequence[TaskRecord], strategy: str, backend: Backend, ruleset=None
+def answer(records: Sequence[TaskRecord], strategy: str, backend: Backend, ruleset=None, chats=None
            ) -> tuple[list[str | list[str] | None], list[dict]]:
     """Codes for ``records`` (a list of samples per record when the backend samples several) and raw answers."""
-    replies = backend.generate(chats_for(records, strategy, ruleset), strategy)
+    chats = chats if chats is not None else chats_for(records, strategy, ruleset)
+    replies = backend.generate(chats, strategy)
     raw = [{"id": rec.id, "answers": list(texts)} for rec, texts in zip(records, replies)]
     return codes_from_texts(replies, strategy), raw
 
@@ -79,10 +80,14 @@ def predict(records: list[TaskRecord], options: Options, context: MethodContext)
     ruleset = load_rules(options.rules_path) if options.strategy == "with_rules" else None
     backend = make_backend(options.backend, context.model, generation=options.generation, use_gpu=context.use_gpu,
                            seed=context.seed)
+    chats = chats_for(records, options.strategy, ruleset)
     try:
-        codes, raw = answer(records, options.strategy, backend, ruleset)
+        codes, raw = answer(records, options.strategy, backend, ruleset, chats)
+        # Only a model this process (or its actors) holds can be read token by token; HTTP backends cannot.
+        scorer = getattr(backend, "score", None) if context.scorecard else None
+        scores = scorer(records, chats) if scorer else None
     finally:
         backend.close()
     files = {"answers.jsonl": "".join(json.dumps(row) + "\n" for row in raw)}
     return MethodOutput(codes=codes, metrics=backend.stats().as_metrics(), files=files,
-                        shows_update=shows_update(options.strategy))
+                        shows_update=shows_update(options.strategy), scores=scores)

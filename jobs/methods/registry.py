@@ -45,7 +45,11 @@ class MethodContext:
     use_gpu: bool = False
     method: str = ""  # the method's name in the spec: tags metrics and names Ray tasks
     executor: Any = None  # the run's sandbox pool (a jobs.sandbox.executor.Executor), for execution rewards
-
+    # Compute the likelihood scorecard (jobs.inference.likelihood) with the model the method holds.
+    scorecard: bool = False
+    # Ids of every record the run scores, on any dataset: what a method learns from (training data,
+    # covariance corpora, retain sets) must stay out of them, and a method that cannot says so.
+    evaluated_ids: frozenset[str] = frozenset()
 
     @property
     def training_dir(self) -> Path:
@@ -66,6 +70,9 @@ class MethodOutput:
     # The prompts that produced the codes told the model about each record's update (data.prompts.shows_update):
     # only then are CodeUpdateArena's pass rates reported as UPass/SPass.
     shows_update: bool = False
+    # The likelihood scorecard, one dict per record (jobs.inference.likelihood.score_records); None for a
+    # method that holds no model (rules, oracles, HTTP backends).
+    scores: list[dict[str, float]] | None = None
 
 
 def gpus_for(kind: str, options: dict[str, Any], use_gpu: bool) -> float:

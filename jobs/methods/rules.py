@@ -29,18 +29,23 @@ class Options(MethodOptions):
     keep_unchanged: bool = True
 
 
-def build_ruleset(options: Options) -> RuleSet:
+def mined_records(options: Options) -> list[TaskRecord]:
+    """The records whose old -> new pairs the rules are mined from."""
     from data.migrations import load_migrations
     from data.recode import load_recode
 
-    pairs = []
+    records: list[TaskRecord] = []
     for source in options.mine_from:
         if source not in ("train", "all"):
             raise ValueError(f"mine_from: unknown source '{source}' (known: train, all)")
-        pairs += pairs_from_records(load_migrations(split=None if source == "all" else "train"))
+        records += load_migrations(split=None if source == "all" else "train")
     for path in options.recode:
-        pairs += pairs_from_records(load_recode(path))
-    ruleset = mine_rules(pairs)
+        records += load_recode(path)
+    return records
+
+
+def build_ruleset(options: Options, mined: list[TaskRecord] | None = None) -> RuleSet:
+    ruleset = mine_rules(pairs_from_records(mined if mined is not None else mined_records(options)))
     extra = [rule for path in options.rule_files for rule in RuleSet.load(Path(path))]
     known = {r.id for r in ruleset}
     ruleset = RuleSet(list(ruleset) + [r for r in extra if r.id not in known], ruleset.meta)
@@ -48,7 +53,10 @@ def build_ruleset(options: Options) -> RuleSet:
 
 
 def predict(records: list[TaskRecord], options: Options, context: MethodContext) -> MethodOutput:
-    ruleset = build_ruleset(options)
+    from jobs.training.data import learned_from_scored
+
+    mined = mined_records(options)
+    ruleset = build_ruleset(options, mined)
     codes: list[str | None] = []
     fired_by_rule: collections.Counter[str] = collections.Counter()
     changed = errors = 0
@@ -70,4 +78,6 @@ def predict(records: list[TaskRecord], options: Options, context: MethodContext)
         "unparsable": float(errors),
         **{f"fired_{kind}": float(n) for kind, n in sorted(fired_kinds.items())},
     }
+    if learned_from_scored(mined, records, context.evaluated_ids):
+        metrics["trains_on_eval_records"] = 1.0  # rules mined from the very code they are scored on
     return MethodOutput(codes=codes, metrics=metrics, files={"rules.json": ruleset.to_json()})

@@ -32,9 +32,12 @@ def load_adapted(model: dict, adapter_dir: Path, use_gpu: bool):
 
 
 def adapter_answers(model: dict, adapter_dir: Path, chats: Sequence[list[dict]], gen: GenerationOptions,
-                    seed: int, strategy: str, use_gpu: bool, engine: str = "hf",
-                    rank: int = 16) -> tuple[list[list[str]], str]:
-    """Load base + adapter and answer ``chats`` (the body of the GPU task below): (answers, engine used).
+                    seed: int, strategy: str, use_gpu: bool, engine: str = "hf", rank: int = 16,
+                    records: Sequence[TaskRecord] | None = None
+                    ) -> tuple[list[list[str]], str, list[dict[str, float]] | None]:
+    """Load base + adapter and answer ``chats`` (the body of the GPU task below): (answers, engine used,
+    the likelihood scorecard of ``records`` after the same chats, where records are given and the
+    transformers model answered).
 
     ``engine="vllm"`` serves the adapter unmerged with vLLM's LoRA support where vLLM can run, and
     falls back to transformers (with a warning) where it cannot."""
@@ -48,19 +51,26 @@ def adapter_answers(model: dict, adapter_dir: Path, chats: Sequence[list[dict]],
             from jobs.inference.backends.vllm import engine as vllm_engine
 
             llm = vllm_engine(model, seed=seed, gpu_memory_utilization=0.85, max_lora_rank=rank)
-            return chat_answers(llm, chats, gen, seed, adapter_dir), "vllm"
+            return chat_answers(llm, chats, gen, seed, adapter_dir), "vllm", None
         warn_fallback("answering with the trained adapter", reason)
     lm, tokenizer = load_adapted(model, adapter_dir, use_gpu)
-    return generate(lm, tokenizer, chats, gen, seed, strategy), "hf"
+    answers = generate(lm, tokenizer, chats, gen, seed, strategy)
+    if records is None:
+        return answers, "hf", None
+    from jobs.inference.likelihood import score_records
+
+    return answers, "hf", score_records(lm, tokenizer, records, chats)
 
 
 def answer_with_adapter(context: MethodContext, adapter_dir: Path, chats: Sequence[list[dict]],
-                        gen: GenerationOptions, strategy: str, engine: str = "hf",
-                        rank: int = 16) -> tuple[list[list[str]], str]:
+                        gen: GenerationOptions, strategy: str, engine: str = "hf", rank: int = 16,
+                        records: Sequence[TaskRecord] | None = None
+                        ) -> tuple[list[list[str]], str, list[dict[str, float]] | None]:
     """The adapter's answers. With ``use_gpu`` under Ray they come from a task that holds one GPU of its
     own, asked for only now: the job's task holds none, so on a one-GPU machine the Ray Train workers
     had the GPU while training and the answers get it after."""
-    args = (context.model, adapter_dir, list(chats), gen, context.seed, strategy, context.use_gpu, engine, rank)
+    args = (context.model, adapter_dir, list(chats), gen, context.seed, strategy, context.use_gpu, engine, rank,
+            list(records) if records is not None else None)
     import ray
 
     if context.use_gpu and ray.is_initialized():
@@ -75,18 +85,21 @@ def method_output(records: Sequence[TaskRecord], outcome: TrainOutcome, options:
 
     ``chats``: the prompts to answer, one per record (default: the ``options.strategy`` messages).
     """
-    from jobs.training.data import trains_on_eval_records
+    from jobs.training.data import learned_from_scored, load_sources, trains_on_eval_records
 
     metrics = {k: float(outcome.metrics[k]) for k in REPORTED if k in outcome.metrics}
-    if trains_on_eval_records(options.train_data):
+    if trains_on_eval_records(options.train_data) or learned_from_scored(load_sources(options.train_data), records,
+                                                                         context.evaluated_ids):
         metrics["trains_on_eval_records"] = 1.0  # the report warns: these numbers measure memorisation
     summary = {"metrics": outcome.metrics, "diverged": outcome.diverged, "adapter_dir": str(outcome.adapter_dir)}
     diverged = outcome.diverged
     codes: list = [None] * len(records)
+    scores = None
     if diverged is None and outcome.adapter_dir is not None and records:
         chats = chats if chats is not None else [build_messages(r, options.strategy) for r in records]
-        texts, used = answer_with_adapter(context, outcome.adapter_dir, chats, options.generation, options.strategy,
-                                          options.answer_engine, options.adapter.rank)
+        texts, used, scores = answer_with_adapter(context, outcome.adapter_dir, chats, options.generation,
+                                                  options.strategy, options.answer_engine, options.adapter.rank,
+                                                  records if context.scorecard else None)
         if used != options.answer_engine:
             metrics["answer_engine_fallback"] = 1.0
         diverged = degenerate_answers([t for samples in texts for t in samples])
@@ -95,5 +108,5 @@ def method_output(records: Sequence[TaskRecord], outcome: TrainOutcome, options:
     return MethodOutput(
         codes=codes, train_time_s=outcome.train_time_s, metrics=metrics, diverged=diverged,
         files={"training.json": json.dumps(summary, indent=2) + "\n"},
-        shows_update=shows_update(options.strategy),
+        shows_update=shows_update(options.strategy), scores=scores,
     )

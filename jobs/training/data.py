@@ -10,19 +10,15 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
-from data.prompts import build_messages
+from data.prompts import answer_block, build_messages
 from data.records import TaskRecord
 from jobs.training.options import TrainDataSource
 
 
 class TrainingDataError(ValueError):
     """The training data named by a spec is missing or unusable."""
-
-
-def answer_text(code: str) -> str:
-    return f"```python\n{code.strip()}\n```"
 
 
 def load_sources(sources: Sequence[TrainDataSource]) -> list[TaskRecord]:
@@ -45,7 +41,7 @@ def sft_rows(records: Sequence[TaskRecord], strategy: str = "basic") -> list[dic
     return [
         {
             "prompt": build_messages(r, strategy),
-            "completion": [{"role": "assistant", "content": answer_text(r.reference)}],
+            "completion": [{"role": "assistant", "content": answer_block(r.reference)}],
         }
         for r in records if r.reference
     ]
@@ -55,8 +51,8 @@ def preference_rows(records: Sequence[TaskRecord], strategy: str = "basic") -> l
     return [
         {
             "prompt": build_messages(r, strategy),
-            "chosen": [{"role": "assistant", "content": answer_text(r.reference)}],
-            "rejected": [{"role": "assistant", "content": answer_text(r.old_code)}],
+            "chosen": [{"role": "assistant", "content": answer_block(r.reference)}],
+            "rejected": [{"role": "assistant", "content": answer_block(r.old_code)}],
         }
         for r in records if r.reference and r.old_code and r.old_code.strip() != r.reference.strip()
     ]
@@ -64,6 +60,14 @@ def preference_rows(records: Sequence[TaskRecord], strategy: str = "basic") -> l
 
 def trains_on_eval_records(sources: Sequence[TrainDataSource]) -> bool:
     return not sources or any(src.kind == "self" for src in sources)
+
+
+def learned_from_scored(learned: Sequence[TaskRecord], scored: Sequence[TaskRecord],
+                        scored_ids: Iterable[str] = ()) -> bool:
+    """Does a method learn from a record it is scored on: this job's records or any other the run scores
+    (``MethodContext.evaluated_ids``)? Such numbers measure memorisation, not migration."""
+    ids = {r.id for r in scored} | set(scored_ids)
+    return any(r.id in ids for r in learned)
 
 
 def training_records(sources: Sequence[TrainDataSource], eval_records: Sequence[TaskRecord]) -> list[TaskRecord]:

@@ -24,10 +24,14 @@ reference (both with comments and blank lines dropped, i.e. exactly when ES = 1)
 against the record's tests in the sandbox; every completion of one GRPO step goes to the executor in ONE
 ``run`` call (identical programs once), so a step waits for the slowest program, not their sum::
 
-    R_exec = w_runs  * [the code part ran]            (imports and definitions, before any test)
+    R_exec = w_runs  * [the code part ran and defines what the tests call]   (before any test)
            + w_tests * (tests passed / tests)
            + w_new   * [the update's new API is used]  (jobs.evaluation.api_check; unknown counts 0)
            - w_old   * [the deprecated API is still used]
+
+"Defines what the tests call" is the eval job's ``exec_ok`` rule (``metrics.names_tests_need`` /
+``metrics.defines``): the names the tests read that neither they, the setup nor the update bind must be bound
+by the completion, so ``x = 1`` running earns nothing for "ran" where the tests call ``f``.
 
 Code that does not parse is not executed (it scores only its API terms, which are then unknown: 0); a
 completion with no code at all (blank, prose without a block, an empty block) scores 0.
@@ -39,7 +43,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from jobs.evaluation.metrics import edit_similarity, has_code, strip_comments, syntax_ok
+from jobs.evaluation.metrics import defines, edit_similarity, has_code, names_tests_need, strip_comments, syntax_ok
 from jobs.sandbox.executor import ExecResult, Executor, Program
 
 _FORMAT = re.compile(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", re.S)
@@ -175,7 +179,9 @@ class ExecutionReward:
         rewards, ran, passed = [], 0, 0.0
         for i in range(n):
             runs = [results[k] for k in owners[i]]
-            code_ran = any(r.code_ok for r in runs)
+            # Running is the candidate's merit only if it defines what the tests call (as the eval job's exec_ok).
+            need = names_tests_need(tests[i] or (), code_prefix[i])
+            code_ran = any(r.code_ok for r in runs) and defines(codes[i], need)
             frac = sum(r.passed for r in runs) / len(runs) if runs and tests[i] else 0.0
             usage = check_api(codes[i], new_api[i], old_api[i]) if parsed[i] else None
             score = w.runs * code_ran + w.tests * frac

@@ -35,6 +35,11 @@ class GenerationWorker:
                  strategy: str | None = None) -> list[list[str]]:
         return generate(self.model, self.tokenizer, chats, settings, seed, strategy)
 
+    def score(self, records: Sequence, chats: Sequence[Sequence[dict]]) -> list[dict[str, float]]:
+        from jobs.inference.likelihood import score_records
+
+        return score_records(self.model, self.tokenizer, records, chats)
+
 
 class HFBackend:
     kind = "hf"
@@ -62,28 +67,38 @@ class HFBackend:
         cls = ray.remote(**resources)(GenerationWorker)
         return [cls.remote(self.model_spec, self.use_gpu) for _ in range(n)]
 
-    def generate(self, chats: Sequence[Sequence[dict]], strategy: str | None = None) -> list[list[str | None]]:
-        """Answers per chat; ``strategy`` (the prompts') lets each sequence stop once its answer is complete."""
-        chats = [list(c) for c in chats]
+    def _each_chunk(self, method: str, chats: list, *per_chat: Sequence, shared: tuple = ()) -> list:
+        """``GenerationWorker.<method>`` over ``chats`` (and the per-chat lists beside them): in this
+        process, or split into contiguous chunks over the actors, results back in order."""
         n = min(self.actor_count(), len(chats))
         if n == 0:
             if self._local is None:
                 self._local = GenerationWorker(self.model_spec, self.use_gpu)
-            out = self._local.generate(chats, self.generation, self.seed, strategy)
-        else:
-            import ray
+            return getattr(self._local, method)(*per_chat, chats, *shared)
+        import ray
 
-            if self._actors is None or len(self._actors) < n:
-                self.close()
-                self._actors = self._start_actors(n)
-            size = -(-len(chats) // n)
-            refs = [a.generate.remote(chats[i * size:(i + 1) * size], self.generation, self.seed, strategy)
-                    for i, a in enumerate(self._actors[:n]) if chats[i * size:(i + 1) * size]]
-            out = [answers for part in ray.get(refs) for answers in part]
+        if self._actors is None or len(self._actors) < n:
+            self.close()
+            self._actors = self._start_actors(n)
+        size = -(-len(chats) // n)
+        parts = [slice(i * size, (i + 1) * size) for i in range(n) if chats[i * size:(i + 1) * size]]
+        refs = [getattr(a, method).remote(*(list(x[p]) for x in per_chat), chats[p], *shared)
+                for a, p in zip(self._actors, parts)]
+        return [item for part in ray.get(refs) for item in part]
+
+    def generate(self, chats: Sequence[Sequence[dict]], strategy: str | None = None) -> list[list[str | None]]:
+        """Answers per chat; ``strategy`` (the prompts') lets each sequence stop once its answer is complete."""
+        chats = [list(c) for c in chats]
+        out = self._each_chunk("generate", chats, shared=(self.generation, self.seed, strategy))
         with self._lock:
             self._stats.requests += len(chats) * self.generation.num_samples
             self._stats.successes += sum(len(a) for a in out)
         return out
+
+    def score(self, records: Sequence, chats: Sequence[Sequence[dict]]) -> list[dict[str, float]]:
+        """The likelihood scorecard of ``records`` after ``chats`` (jobs.inference.likelihood), read from the
+        same model (or actors) that answered."""
+        return self._each_chunk("score", [list(c) for c in chats], list(records))
 
     def stats(self) -> BackendStats:
         with self._lock:
