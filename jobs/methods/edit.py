@@ -1,14 +1,16 @@
 """Method ``edit``: knowledge editing (ROME, MEMIT) or unlearning of the old API, then answering.
 
 Edit requests come from the records' API updates (``jobs.editing.requests``);
-they are split into batches of ``batch_size`` that run independently, as
-parallel Ray tasks when Ray is up (each task edits its own model copy), and
-return weight deltas. The deltas of all batches are added to one model copy,
-which then answers every record like the prompting method would
-(``build_messages`` -> ``generate`` -> ``codes_from_texts``), so the eval job
-scores pass@1, api_ok etc. on the edited model. Editing metrics (efficacy,
-generalization, locality, teacher-forced and by generation) are reported for
-that merged model, and as ``isolated_*`` for each batch on its own copy.
+they are split into batches of ``batch_size``, run as Ray tasks when Ray is
+up. By default (``batches: sequential``) batch i is solved on the model the
+earlier batches edited, a chain of tasks; ``independent`` solves each on its
+own copy in parallel and sums the deltas. The total delta is added to one
+model copy, which then answers every record like the prompting method would
+(``build_messages`` -> ``generate`` -> ``codes_from_texts``) and, with the
+scorecard on, scores them teacher-forced (``jobs.inference.likelihood``).
+Editing metrics (efficacy, generalization, locality, teacher-forced and by
+generation) are reported for that merged model, and as ``isolated_*`` right
+after each batch.
 """
 
 from __future__ import annotations
