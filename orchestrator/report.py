@@ -41,8 +41,8 @@ EDITING = ("n_edits", "tf_efficacy", "tf_generalization", "tf_locality", "gen_ef
 METRIC_NOTE = (
     "Every rate is over all `n` records: a record without an answer, or whose answer holds no code, fails every "
     "metric; `answered` counts the records that got code. `exec_ok`: the code ran and defined what the tests "
-    "call. `api_ok`: new API used and old one gone, over the records where that is decidable statically "
-    "(n/a otherwise). Likelihood scorecard (teacher-forced, methods that hold a model; n/a elsewhere): "
+    "call. `api_ok`: new API used and old one gone, over the records whose update can be checked statically "
+    "(decided by the record; there, no code or unparsable code fails; n/a otherwise). Likelihood scorecard (teacher-forced, methods that hold a model; n/a elsewhere): "
     "`prefers_new` the new code is more likely than the old after the same prompt (records with both); "
     "`ref_nll` the reference code's mean NLL in nats per token.")
 
@@ -230,8 +230,13 @@ def render_report(run_dir: Path) -> str:
                 for ds, v in per_ds.items() if v and v.get("trains_on_eval_records")]
     if warnings:
         parts += ["", "## Warnings", ""] + warnings
-    parts += ["", METRIC_NOTE + " Rates show `value [95% interval]`: a bootstrap over records, and over seeds "
-              "where a method ran with several. `wall_s`: predict + evaluate, summed over seeds."]
+    parts += ["", METRIC_NOTE + " Rates show `value [95% interval]`: a score interval (Wilson), hulled with a "
+              "bootstrap over records and seeds where a method ran with several. `wall_s`: predict + evaluate, "
+              "summed over seeds."]
+    from jobs.evaluation.api_check import api_note
+
+    notes = [f"`{name}`: {api_note(kind)}" for name, kind in kinds.items() if api_note(kind)]
+    parts += [""] + [f"- {note}" for note in notes] if notes else []
     section = baseline_section(outcomes, base, kinds, nll_margin(run_dir)) if base else ""
     if section:
         parts += ["", section]

@@ -65,6 +65,12 @@ def _ray_module():
     return ray
 
 
+def _up() -> bool:
+    ray, dist = sys.modules.get("ray"), sys.modules.get("torch.distributed")
+    return bool((ray is not None and ray.is_initialized())
+                or (dist is not None and dist.is_available() and dist.is_initialized()))
+
+
 def _tear_down_ray_and_process_groups() -> list[str]:
     """Shut down what is still up; return what was."""
     left = []
@@ -81,8 +87,11 @@ def _tear_down_ray_and_process_groups() -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _nothing_left_running(request, monkeypatch):
-    """Outside a child, ``ray.init`` fails the test (mark it ``ray_subprocess``); after any test, a Ray session
-    or process group still up is shut down and fails it."""
+    """Outside a child, ``ray.init`` fails the test (mark it ``ray_subprocess``); after a test, a Ray session or
+    process group it started (not one a wider-scoped fixture holds) is shut down and fails it."""
+    if _up():
+        yield  # a module- or session-scoped fixture's Ray: that fixture shuts it down
+        return
     if not os.environ.get(CHILD_ENV):
         ray = _ray_module()
         if ray is not None:
@@ -99,7 +108,9 @@ def _nothing_left_running(request, monkeypatch):
 @pytest.fixture(scope="session", autouse=True)
 def _nothing_left_at_exit():
     yield
-    _tear_down_ray_and_process_groups()
+    left = _tear_down_ray_and_process_groups()
+    if left:
+        pytest.fail(f"the test session left {' and '.join(left)} running (shut down now)", pytrace=False)
 
 
 @pytest.hookimpl(tryfirst=True)
