@@ -63,7 +63,10 @@ def test_seeded_study_trains_once_per_seed_and_reports_forgetting(in_repo, tmp_p
     assert prov["seeds"] == [0, 1] and prov["packages"]["torch"]
     report = (run_dir / "report.md").read_text()
     assert "## Against the base model (`base`)" in report
-    assert "| sft | humaneval (forgetting) |" in report and "- **sft**: on migrations" in report
+    forgetting = report[report.index("### Forgetting"):]
+    row = next(line for line in forgetting.splitlines() if line.startswith("| sft | humaneval |"))
+    assert row.split(" | ")[2] != "n/a", row  # the scorecard reached the report: Δ ref_nll of the solutions
+    assert "- **sft**: on migrations, by pass@1" in report and "forgetting by ref_nll" in report
     assert "| sft | migrations | done x2 seeds |" in report
 
     again = subprocess.run(run + ["--resume", str(run_dir)], cwd=in_repo, capture_output=True, text=True,

@@ -331,5 +331,5 @@ def test_training_on_the_evaluated_records_is_explicit_and_flagged(tmp_path):
         "sft": {"migrations": {"n": 3, "pass@1": 1.0, "trains_on_eval_records": 1.0}},
         "sft-held-out": {"migrations": {"n": 3, "pass@1": 0.3}}})
     report = render_report(tmp_path)
-    assert "`sft` on `migrations` trained on the records it is scored on" in report
+    assert "**`sft` on `migrations` learned from records the run scores**" in report
     assert "`sft-held-out`" not in report.split("## Warnings")[1].split("\n\n")[1]
