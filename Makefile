@@ -14,7 +14,8 @@ run: $(STAMP)
 # The numerically sensitive fast tests (editing, training, rewards, tuning, the tiny model's outputs) run
 # once more on torch's portable kernels and one thread, so a threshold tuned to one CPU cannot land.
 NUMERIC_TESTS := tests/test_editing.py tests/test_edit.py tests/test_training.py tests/test_rewards.py \
-                 tests/test_tune.py tests/test_models.py tests/test_prompt.py tests/test_dpo.py tests/test_grpo.py
+                 tests/test_tune.py tests/test_models.py tests/test_prompt.py tests/test_dpo.py tests/test_grpo.py \
+                 tests/test_likelihood.py tests/test_intervals.py
 
 # Both passes always run; the target fails when either does, with the first failing pass's status (139 stays
 # 139). PYTHONFAULTHANDLER: a crash prints every thread's Python stack (issue #27).
